@@ -1,0 +1,1 @@
+"""Benchmark loaders and generators. Each task yields `TaskItem`s."""
