@@ -1,0 +1,1 @@
+"""Speed and accuracy runners, tables and plots."""

