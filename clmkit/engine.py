@@ -176,7 +176,7 @@ class Engine:
         capacity = len(ids) + budget + (drafter.max_nodes if drafter else 1)
         cache = new_cache(model.module, capacity)
         if drafter is not None:
-            drafter.begin(list(ids))
+            drafter.begin(list(ids), sampling)
 
         start = time.perf_counter()
         token = self._prefill(ids, cache, sampling, generator)

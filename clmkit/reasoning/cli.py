@@ -1,0 +1,95 @@
+"""`clm eval causal`: run an LM with a prompting strategy on a causal-reasoning benchmark.
+
+    clm eval causal --task cladder --model smollm2-135m --strategy cot --limit 50
+    clm eval causal --task corr2cause --model openai:gpt-4o-mini --base-url https://api.openai.com/v1
+
+`clmkit.cli` mounts `eval_causal` on the `eval` group. Predictions go to
+<output-dir>/<task>__<strategy>__<model>.jsonl as they are made (a rerun resumes), and the
+summary (JSON, Markdown, PNG) covers every run in <output-dir>.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from clmkit.errors import ClmkitError
+from clmkit.reasoning.strategies import STRATEGIES
+
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def eval_causal(
+    task: str = typer.Option(..., "--task", "-t", help="cladder, calm, cold, causalnet, corr2cause, counterbench, "
+                                                        "axiomatic, cold-full, calm:<TASK>, cold:<activity>."),
+    model: str = typer.Option("smollm2-135m", "--model", "-m", help="A clmkit model, or openai:NAME for an endpoint."),
+    strategy: str = typer.Option("direct", "--strategy", "-s", help=f"One of: {', '.join(STRATEGIES)}."),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Evaluate N items spread over the task."),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint (with openai:NAME)."),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the key."),
+    timeout: float = typer.Option(60.0, "--timeout", help="Seconds per endpoint request."),
+    output_dir: Path = typer.Option(Path("runs/causal"), "--output-dir", "-o", help="Where predictions and reports go."),
+    resume: bool = typer.Option(True, "--resume/--restart", help="Skip items already in the predictions file."),
+    drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help="clmkit models: a speculative drafter "
+                                                                         "(lossless: same answers, faster)."),
+):
+    """Evaluate a model with a prompting strategy on a causal-reasoning task."""
+    from clmkit.reasoning.evaluate import metrics, predictions_path, run, select, write_report
+    from clmkit.reasoning.lm import make_model
+    from clmkit.tasks.registry import load_task
+
+    if strategy not in STRATEGIES:
+        _fail(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+    if limit is not None and limit < 1:
+        _fail(f"--limit must be >= 1, got {limit}")
+    try:
+        items = select(load_task(task), limit)
+        lm = make_model(model, base_url=base_url, api_key_env=api_key_env, timeout=timeout, drafter=drafter)
+    except (ClmkitError, FileNotFoundError) as e:
+        _fail(str(e))
+    path = predictions_path(output_dir, task, strategy, lm.name)
+    progress = Progress(TextColumn(f"{task} · {strategy}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("acc {task.fields[acc]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                        console=err, transient=True)
+    seen = {"n": 0, "score": 0.0}
+
+    def on_record(record) -> None:
+        if record is not None:
+            seen["n"] += 1
+            seen["score"] += record["score"]
+        acc = f"{seen['score'] / seen['n']:.3f}" if seen["n"] else "-"
+        progress.update(bar, advance=1, acc=acc)
+
+    with progress:
+        bar = progress.add_task("eval", total=len(items), acc="-")
+        records = run(items, lm, strategy, path, task=task, resume=resume, on_record=on_record)
+    wanted = {item.id for item in items}
+    summary = metrics([r for r in records if r["id"] in wanted])
+    reports = write_report(output_dir)
+
+    table = Table(title=f"{task} · {strategy} · {lm.name}")
+    for column in ("n", "accuracy", "F1 (yes)", "unparsed", "errors"):
+        table.add_column(column, justify="right")
+    f1 = "" if summary["f1_yes"] is None else f"{summary['f1_yes']:.3f}"
+    table.add_row(str(summary["n"]), f"{summary['accuracy']:.3f}", f1, str(summary["unparsed"]), str(summary["errors"]))
+    out.print(table)
+    out.print(f"predictions: {path}\nsummary: {', '.join(str(p) for p in reports.values())}", highlight=False)
+    if summary["errors"]:
+        err.print(f"[yellow]{summary['errors']} row(s) failed (see 'error' in {path}); rerun to retry them[/]")
+
+
+def register(app: typer.Typer) -> None:
+    """Mount as `<app> causal` (the lead calls this with the `eval` group)."""
+    app.command("causal")(eval_causal)
+

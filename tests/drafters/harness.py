@@ -1,0 +1,135 @@
+"""Shared checks every drafter must pass: greedy parity with plain decoding, lossless sampling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+from clmkit.engine import Engine
+from clmkit.drafters._draft_lm import self_draft_module
+from clmkit.hf_adapter import Forward, new_cache
+from clmkit.models import Model
+from clmkit.parity import first_divergence
+from clmkit.sampling import Sampling, target_probs
+from clmkit.verify import verify
+from tests.stats import ALPHA, chisquare_pvalue
+
+
+def assert_greedy_parity(model, drafter, prompt: list[int], max_new_tokens: int = 40) -> None:
+    """Token-identical to plain greedy decoding, except reported near-ties (top-2 gap < 1e-4)."""
+    plain = Engine(model).complete(prompt, max_new_tokens=max_new_tokens).token_ids
+    fast = Engine(model, drafter=drafter).complete(prompt, max_new_tokens=max_new_tokens)
+    d = first_divergence(model.module, prompt, plain, fast.token_ids)
+    if d is not None:
+        print(f"[parity] {getattr(drafter, 'name', drafter)} on {model.name}: {d}")
+        assert d.near_tie, str(d)
+    return fast
+
+
+def step_samples(model, drafter, context: list[int], sampling: Sampling, trials: int, seed: int = 0):
+    """Run `trials` decode steps from the same context, as the engine runs them, and collect what each
+    step commits. Returns (first-token counts, {t1: counts of the token after t1})."""
+    fwd = Forward(model.module)
+    cache = new_cache(model.module, len(context) + drafter.max_nodes + 8)
+    generator = torch.Generator().manual_seed(seed)
+    vocab = model.vocab_size
+    first = torch.zeros(vocab)
+    after: dict[int, torch.Tensor] = {}
+    drafter.begin(context[:-1], sampling)
+    with torch.inference_mode():
+        fwd(torch.tensor([context[:-1]]), torch.arange(len(context) - 1)[None], cache)
+        prefix = cache.length
+        for _ in range(trials):
+            tree = drafter.propose(list(context))
+            logits = fwd.tree(tree, cache)
+            v = verify(tree, logits, sampling, generator)
+            cache.crop_to(prefix)  # every trial starts from the same context
+            drafter.observe(tree, logits, v)
+            first[v.tokens[0]] += 1
+            if len(v.tokens) > 1:
+                after.setdefault(v.tokens[0], torch.zeros(vocab))[v.tokens[1]] += 1
+    return first, after
+
+
+def assert_sampling_lossless(model, drafter, context: list[int], sampling: Sampling, trials: int = 20_000) -> None:
+    """Committed tokens follow the target: t1 ~ P(.|context); t2 ~ P(.|context + t1) for the most
+    frequent accepted t1. Chi-square at significance ALPHA (1e-3)."""
+    first, after = step_samples(model, drafter, context, sampling, trials)
+    with torch.inference_mode():
+        p1 = target_probs(model.module(input_ids=torch.tensor([context])).logits[0, -1], sampling)
+    assert first[p1 == 0].sum() == 0, "committed a token the target gives probability 0"
+    assert chisquare_pvalue(first[p1 > 0], p1[p1 > 0]) > ALPHA
+    if after:
+        t1, counts = max(after.items(), key=lambda kv: kv[1].sum())
+        if counts.sum() >= 500:
+            with torch.inference_mode():
+                p2 = target_probs(model.module(input_ids=torch.tensor([context + [t1]])).logits[0, -1], sampling)
+            assert counts[p2 == 0].sum() == 0
+            assert chisquare_pvalue(counts[p2 > 0], p2[p2 > 0]) > ALPHA
+
+
+class PathMemo(nn.Module):
+    """A HF causal LM stand-in for the 20,000-step distribution tests: same call convention and cache,
+    but each node's logits come from a memo keyed by the token path the node attends to.
+
+    It writes each token's id and position into the KVCache it is given (as 1-wide "keys" and
+    "values"), so after the caller's keep/crop the cache still says which tokens a query sees; the
+    path is read from the attention mask (or the causal rule without one), checked to be a contiguous
+    prefix (a wrong tree mask would fail here), and its logits computed once by the real model.
+    The drafters, DraftLM bookkeeping, masks and verification all run for real; only the repeated
+    model arithmetic is memoised (a full model call per step would take ~10 min on this CPU)."""
+
+    def __init__(self, real: nn.Module):
+        super().__init__()
+        self.real = real
+        self.config = real.config
+        self.generation_config = real.generation_config
+        self.memo: dict[tuple, torch.Tensor] = {}
+
+    def get_output_embeddings(self):
+        return self.real.get_output_embeddings()
+
+    def forward(self, input_ids, position_ids=None, attention_mask=None, past_key_values=None, use_cache=None,
+                logits_to_keep=0, **kwargs):
+        if past_key_values is None:
+            return self.real(input_ids=input_ids)
+        n = input_ids.shape[1]
+        past = past_key_values.get_seq_length()
+        # Only layer 0 is written: keep/crop leave uninitialised layers alone, and length reads layer 0.
+        past_key_values.layers[0].update(input_ids.double().reshape(1, 1, n, 1), position_ids.double().reshape(1, 1, n, 1))
+        slot_ids = past_key_values.layers[0].keys.reshape(-1).long().tolist()
+        slot_pos = past_key_values.layers[0].values.reshape(-1).long().tolist()
+        if isinstance(attention_mask, dict):
+            attention_mask = attention_mask["full_attention"]
+        allowed = None if attention_mask is None else (attention_mask[0, 0] == 0).tolist()
+        positions = position_ids[0].tolist()
+        keys = []
+        for i in range(n):
+            seen = range(past + i + 1) if allowed is None else [s for s, ok in enumerate(allowed[i]) if ok]
+            path = sorted((slot_pos[s], slot_ids[s]) for s in seen)
+            assert [p for p, _ in path] == list(range(len(path))), "a node sees a broken path"
+            assert path[-1][0] == positions[i]
+            keys.append(tuple(t for _, t in path))
+        by_length: dict[int, list[tuple]] = {}
+        for key in dict.fromkeys(k for k in keys if k not in self.memo):
+            by_length.setdefault(len(key), []).append(key)
+        for group in by_length.values():  # one real forward per path length
+            with torch.inference_mode():
+                out = self.real(input_ids=torch.tensor(group)).logits[:, -1]
+            self.memo.update(zip(group, out))
+        rows = [self.memo[k] for k in keys]
+        logits = torch.stack(rows)[None]
+        if logits_to_keep == 1:
+            logits = logits[:, -1:]
+        return SimpleNamespace(logits=logits)
+
+
+def memoised_pair(model: Model) -> tuple[Model, Model]:
+    """(target, its self:1 draft), both behind PathMemo: the 20,000-step distribution tests."""
+    target = Model(f"memo-{model.name}", PathMemo(model.module), model.tokenizer, Path("."), False)
+    draft = Model(f"memo-{model.name}-self1", PathMemo(self_draft_module(model.module, 1)), model.tokenizer,
+                  Path("."), False)
+    return target, draft
