@@ -234,6 +234,7 @@ def bench_speed(
     methods: str = typer.Option("hf,hf-lookup,vanilla,lookup,recycling", "--methods", help="Comma-separated: hf, hf-lookup, hf-assisted, vanilla, and drafter names."),
     model: str = typer.Option("smollm2-135m", "--model", "-m"),
     per_category: int = typer.Option(2, "--per-category", help="Spec-Bench questions per category (13 categories)."),
+    category: list[str] = typer.Option([], "--category", "-c", help="Only these Spec-Bench categories (repeatable), e.g. -c coding."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n"),
     temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy (parity checked); > 0 samples."),
     seed: int = typer.Option(0, "--seed"),
@@ -258,7 +259,7 @@ def bench_speed(
             options.setdefault(method, []).append(rest)
         parsed = {m: parse_options(items) for m, items in options.items()}
         run_speed(names, model, per_category, max_new_tokens, Sampling(temperature=temperature, seed=seed),
-                  draft_model, parsed, recycling_state, output)
+                  draft_model, parsed, recycling_state, output, category or None)
 
 
 @bench_app.command("verify-cost")

@@ -6,6 +6,10 @@ import json
 from dataclasses import dataclass
 
 from clmkit.data import data_path
+from clmkit.errors import InputError
+
+SPECBENCH_CATEGORIES = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities",
+                        "translation", "summarization", "qa", "math_reasoning", "rag")
 
 
 @dataclass
@@ -17,6 +21,10 @@ class SpecBenchPrompt:
 
 def load_specbench(per_category: int | None = 2, categories: list[str] | None = None) -> list[SpecBenchPrompt]:
     """The first `per_category` questions of each category in file order (deterministic), first turn."""
+    unknown = sorted(set(categories or ()) - set(SPECBENCH_CATEGORIES))
+    if unknown:
+        raise InputError(f"unknown Spec-Bench categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; "
+                         f"known: {', '.join(SPECBENCH_CATEGORIES)}")
     rows = [json.loads(line) for line in data_path("spec_bench", "question.jsonl").read_text().splitlines() if line.strip()]
     taken: dict[str, int] = {}
     out = []

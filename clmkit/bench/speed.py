@@ -167,13 +167,14 @@ def run_speed(
     options: dict | None = None,
     recycling_state: Path | None = None,
     output: Path | None = None,
+    categories: list[str] | None = None,
 ) -> dict:
+    prompts = load_specbench(per_category, categories)
     model = load(model_name)
     options = dict(options or {})
     if recycling_state is not None and "recycling" in methods:
         options.setdefault("recycling", {})["state"] = recycling_state if recycling_state.exists() else None
     runners = make_methods(methods, model, draft_model, sampling, options)
-    prompts = load_specbench(per_category)
     encoder = Engine(model)
     encoded = [encoder.encode(p.text) for p in prompts]
     for run in runners.values():  # warm-up: first calls initialise kernels (not measured)

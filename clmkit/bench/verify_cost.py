@@ -19,7 +19,7 @@ from clmkit.hf_adapter import Forward, new_cache
 from clmkit.models import load
 from clmkit.static_tree import TreeTemplate
 
-SIZES = (1, 2, 4, 8, 12, 16, 20, 24, 32, 40, 48, 64, 80)
+SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 20, 24, 32, 40, 48, 64, 80)
 
 
 def measure(model, sizes=SIZES, prefix: int = 256, repeats: int = 7) -> dict[int, float]:

@@ -45,6 +45,9 @@ from clmkit.tree import TokenTree
 FORMAT = "clmkit-adaptive-ngram"
 VERSION = 1
 
+# Root + 2 draft tokens, chosen by side-by-side tuning on a 2-core CPU (docs/benchmarks.md); raise on a GPU.
+DEFAULT_MAX_NODES = 3
+
 
 class NGramStore:
     """Weighted next-token lists per context of 1 .. n-1 tokens, pruned to the `keep` heaviest each."""
@@ -165,7 +168,7 @@ class AdaptiveDrafter:
 
     name = "adaptive"
 
-    def __init__(self, model, *, n: int = 3, max_nodes: int = 12, max_depth: int = 8, branch: int = 4,
+    def __init__(self, model, *, n: int = 3, max_nodes: int = DEFAULT_MAX_NODES, max_depth: int = 8, branch: int = 4,
                  keep: int = 12, decay: float = 0.9, alpha: float = 1.0, min_prob: float = 0.1,
                  simulations: int | None = None, exploration: float = 1.0, search: str = "mcts",
                  learn_from_target: bool = True, learn_from_prompt: bool = True,

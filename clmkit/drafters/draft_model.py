@@ -17,7 +17,7 @@ from clmkit.drafters._draft_lm import DraftModelDrafter, positive_int
 from clmkit.models import Model
 from clmkit.tree import Draw, TokenTree
 
-DEFAULT_GAMMA = 3  # chosen on this 2-core CPU with self:8 on SmolLM2-135M (docs/drafters/draft.md)
+DEFAULT_GAMMA = 3  # a common setting for a separate draft model; measured per gamma in docs/drafters/draft.md
 
 
 @register("draft")

@@ -26,7 +26,7 @@ from clmkit.drafters._draft_lm import DraftModelDrafter, positive_int
 from clmkit.models import Model
 from clmkit.tree import Draw, TokenTree
 
-DEFAULT_BUDGET = 6  # draft tokens per step; tuned on this 2-core CPU (docs/drafters/dyspec.md)
+DEFAULT_BUDGET = 6  # draft tokens per step (small-scale setting; measurements in docs/drafters/dyspec.md)
 DEFAULT_WIDTH = 4  # nodes fed to the draft model per draft forward
 DEFAULT_MAX_DEPTH = 6
 

@@ -16,13 +16,17 @@ from clmkit.drafters import register
 from clmkit.errors import InputError
 from clmkit.tree import TokenTree
 
+# Root + 2 draft tokens: on a 2-core CPU a 3-node forward costs ~1.2x a 1-token one, 4 nodes ~2x
+# (`clm bench verify-cost`); 3 won the side-by-side tuning in docs/benchmarks.md. Raise it on a GPU.
+DEFAULT_MAX_NODES = 3
+
 
 @register("lookup")
 class LookupDrafter:
     name = "lookup"
 
     def __init__(self, model=None, max_ngram: int = 3, min_ngram: int = 1, num_pred: int = 10, branches: int = 3,
-                 max_nodes: int = 24):
+                 max_nodes: int = DEFAULT_MAX_NODES):
         if not (1 <= min_ngram <= max_ngram) or num_pred < 1 or branches < 1 or max_nodes < 2:
             raise InputError("lookup: need 1 <= min_ngram <= max_ngram, num_pred >= 1, branches >= 1, max_nodes >= 2")
         self.max_ngram, self.min_ngram = max_ngram, min_ngram

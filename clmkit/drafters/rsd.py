@@ -31,7 +31,7 @@ from clmkit.models import Model
 from clmkit.tree import Draw, TokenTree
 
 DEFAULT_VARIANT = "c"
-DEFAULT_BRANCHING = "2,1,1"  # RSD-C: children per node at each level (6 draft tokens); tuned on this CPU
+DEFAULT_BRANCHING = "2,1,1"  # RSD-C: children per node at each level (6 draft tokens); see docs/drafters/rsd.md
 DEFAULT_BEAM_WIDTH = 2  # RSD-S
 DEFAULT_DEPTH = 3  # RSD-S
 

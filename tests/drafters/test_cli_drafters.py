@@ -78,3 +78,15 @@ def test_tree_budget_means_draft_tokens_for_every_drafter(tiny_llama):
         assert make_drafter(name, tiny_llama, **options).max_nodes == 6, name
     with pytest.raises(InputError):
         budget_options("nope", 3)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-c", "poetry"], "unknown Spec-Bench category poetry"),
+    (["--methods", "vanilla,nope"], "unknown method(s) nope"),
+    (["--methods", "vanilla", "-O", "lookup.max_nodes=3"], "METHOD.KEY=VALUE for one of the methods run"),
+])
+def test_bench_speed_bad_flags_are_clear_errors(tiny_llama, monkeypatch, args, message):
+    monkeypatch.setattr("clmkit.bench.speed.load", lambda name: tiny_llama)
+    result = runner.invoke(cli.app, ["bench", "speed", "--per-category", "1", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
