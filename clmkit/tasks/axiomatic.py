@@ -23,7 +23,7 @@ from itertools import permutations
 
 import networkx as nx
 
-from clmkit.tasks.base import TaskItem
+from clmkit.tasks.base import TaskItem, jsonl_rows
 
 SETTINGS = ("chain", "long_chain", "flipped", "reversed", "branching")
 _ALPHABET = string.ascii_letters + string.digits
@@ -110,12 +110,7 @@ def write_jsonl(items: Iterable[TaskItem], f) -> None:
 def load(path: str, limit: int | None = None) -> list[TaskItem]:
     """Rows written by `write_jsonl` (or any JSONL with prompt/answer)."""
     items = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if limit is not None and len(items) >= limit:
-                break
-            if line.strip():
-                row = json.loads(line)
-                meta = {k: v for k, v in row.items() if k not in ("prompt", "answer")}
-                items.append(TaskItem(id=f"axiomatic-{i}", prompt=row["prompt"], answer=row.get("answer"), meta={**meta, "index": i}))
+    for i, row in jsonl_rows(path, limit):
+        meta = {k: v for k, v in row.items() if k not in ("prompt", "answer")}
+        items.append(TaskItem(id=f"axiomatic-{i}", prompt=row["prompt"], answer=row.get("answer"), meta={**meta, "index": i}))
     return items

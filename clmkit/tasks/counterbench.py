@@ -18,7 +18,7 @@ from pathlib import Path
 
 from clmkit.causal.counterfactual import SCM, Literal, Mechanism, counterfactual
 from clmkit.data import data_path
-from clmkit.tasks.base import TaskItem
+from clmkit.tasks.base import TaskItem, jsonl_rows
 
 TYPES = ("basic", "conditional", "joint", "nested")
 
@@ -26,14 +26,7 @@ TYPES = ("basic", "conditional", "joint", "nested")
 def load(path: str | Path | None = None, limit: int | None = None) -> list[TaskItem]:
     """The CounterBench JSONL (default: $CLMKIT_DATA/counterbench/counterbench_public.jsonl)."""
     path = Path(path) if path else data_path("counterbench", "counterbench_public.jsonl")
-    items = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if limit is not None and len(items) >= limit:
-                break
-            if line.strip():
-                items.append(item_from_row(json.loads(line), i))
-    return items
+    return [item_from_row(row, i) for i, row in jsonl_rows(path, limit)]
 
 
 def item_from_row(row: dict, index: int) -> TaskItem:
