@@ -108,3 +108,83 @@ class KVCache(Cache):
         for layer in self.layers:
             if layer.length > length:
                 layer.crop(length - layer.length)
+
+
+class BatchKVCache(KVCache):
+    """B independent sequences on one slot axis, for batched decoding (`Batch` of the torch backend).
+
+    Rows have their own lengths: slot s of row b is live when `valid[b, s]`; a row's prompt sits
+    right-aligned before the current end (left padding), so every step appends one slot to all rows
+    at the same index. Rows join (`add_row`, any time: a longer prompt shifts the others right) and
+    leave (`drop_row`); slots no row uses any more are trimmed from the left.
+    """
+
+    def __init__(self, num_layers: int, capacity: int = 256):
+        super().__init__(num_layers, capacity)
+        self.valid = torch.zeros(0, 0, dtype=torch.bool)  # [B, T]
+        self.positions = torch.zeros(0, 0, dtype=torch.long)  # [B, T]: each slot's RoPE position
+
+    @property
+    def rows(self) -> int:
+        return self.valid.shape[0]
+
+    def add_row(self, row: KVCache) -> int:
+        """Append a single-sequence cache as a new row; returns its batch index."""
+        n, t = row.length, self.valid.shape[1]
+        shift = max(0, n - t)  # a prompt longer than the slot axis pushes every row right
+        width = t + shift
+        valid = torch.zeros(self.rows + 1, width, dtype=torch.bool)
+        positions = torch.zeros(self.rows + 1, width, dtype=torch.long)
+        valid[:-1, shift:], positions[:-1, shift:] = self.valid, self.positions
+        valid[-1, width - n:] = True
+        positions[-1, width - n:] = torch.arange(n)
+        for mine, theirs in zip(self.layers, row.layers):
+            k, v = theirs.key_buf[:, :, :n], theirs.value_buf[:, :, :n]
+            cap = max(mine.capacity, width)
+            keys = k.new_zeros(self.rows + 1, k.shape[1], cap, k.shape[3])
+            values = v.new_zeros(self.rows + 1, v.shape[1], cap, v.shape[3])
+            if mine.is_initialized:
+                keys[:-1, :, shift:width] = mine.key_buf[:, :, :t]
+                values[:-1, :, shift:width] = mine.value_buf[:, :, :t]
+            mine.is_initialized, mine.device = True, k.device
+            keys[-1:, :, width - n:width] = k
+            values[-1:, :, width - n:width] = v
+            mine.key_buf, mine.value_buf, mine.capacity = keys, values, cap
+            mine.length = width
+            mine.keys, mine.values = keys[:, :, :width], values[:, :, :width]
+        self.valid, self.positions = valid, positions
+        return self.rows - 1
+
+    def drop_row(self, index: int) -> None:
+        keep = torch.tensor([b for b in range(self.rows) if b != index], dtype=torch.long)
+        self.valid, self.positions = self.valid[keep], self.positions[keep]
+        for layer in self.layers:
+            layer.key_buf, layer.value_buf = layer.key_buf[keep], layer.value_buf[keep]
+            layer.keys, layer.values = layer.key_buf[:, :, : layer.length], layer.value_buf[:, :, : layer.length]
+        self._trim()
+
+    def _trim(self) -> None:
+        """Drop leading slots no row uses (rows that held them have left)."""
+        if self.rows == 0:
+            self.valid, self.positions = self.valid[:, :0], self.positions[:, :0]
+            self.crop_to(0)
+            return
+        used = self.valid.any(0).nonzero()
+        first = int(used[0]) if used.numel() else self.valid.shape[1]
+        if first == 0:
+            return
+        self.valid, self.positions = self.valid[:, first:], self.positions[:, first:]
+        for layer in self.layers:
+            n = layer.length - first
+            layer.key_buf[:, :, :n] = layer.key_buf[:, :, first:layer.length].clone()
+            layer.value_buf[:, :, :n] = layer.value_buf[:, :, first:layer.length].clone()
+            layer.length = n
+            layer.keys, layer.values = layer.key_buf[:, :, :n], layer.value_buf[:, :, :n]
+
+    def append_slot(self, stepping: torch.Tensor) -> torch.Tensor:
+        """Book one new slot for every row (live for the rows in `stepping` [B] bool); returns the
+        new tokens' positions [B]. The forward that follows writes the slot's keys and values."""
+        lengths = self.valid.sum(1)
+        self.valid = torch.cat([self.valid, stepping[:, None]], 1)
+        self.positions = torch.cat([self.positions, lengths[:, None]], 1)
+        return lengths

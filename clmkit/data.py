@@ -1,9 +1,16 @@
-"""Where benchmark data lives: `$CLMKIT_DATA`, else the nearest `shared/data` folder above us."""
+"""Where benchmark data lives: `$CLMKIT_DATA`, else the nearest `shared/data` folder above us.
+
+A few small files the CLI's defaults need ship inside the package, in the same layout, under
+`clmkit/bundled/` (each with its upstream LICENSE and provenance): `data_path` falls back to them
+when the data folder is absent or lacks the file, so `clm bench` works in a fresh clone.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"  # spec_bench/question.jsonl (Apache-2.0)
 
 
 def data_dir() -> Path:
@@ -21,7 +28,17 @@ def data_dir() -> Path:
 
 
 def data_path(*parts: str) -> Path:
-    path = data_dir().joinpath(*parts)
-    if not path.exists():
-        raise FileNotFoundError(f"benchmark data file not found: {path} (set CLMKIT_DATA to override)")
-    return path
+    """The data file `parts` (e.g. "cladder", "cladder_public.csv"), else its bundled copy, else
+    FileNotFoundError naming CLMKIT_DATA."""
+    try:
+        path = data_dir().joinpath(*parts)
+    except FileNotFoundError as e:
+        path, missing = None, str(e)
+    else:
+        missing = f"benchmark data file not found: {path} (set CLMKIT_DATA to the folder holding it)"
+    if path is not None and path.exists():
+        return path
+    bundled = BUNDLED_DIR.joinpath(*parts)
+    if parts and bundled.is_file():
+        return bundled
+    raise FileNotFoundError(missing)

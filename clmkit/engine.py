@@ -23,7 +23,9 @@ import torch
 
 from clmkit.drafters import Drafter, make_drafter
 from clmkit.errors import InputError
-from clmkit.hf_adapter import Forward, new_cache
+from clmkit.guide import Guide, check_guide
+from clmkit.guide.tree import first_logits, guide_logits, guide_tree
+from clmkit.backends import Backend, Sequence as BackendSequence
 from clmkit.models import Model
 from clmkit.sampling import Sampling, next_token
 from clmkit.text_stream import TextStream
@@ -74,6 +76,7 @@ class Chunk:
     text: str  # text delta, never a split character, never part of a stop string
     stats: Stats
     finish_reason: str | None = None  # "stop" (EOS or stop string), "length" (budget or context)
+    incomplete: bool = False  # a guide's grammar was not complete when the output ended (guide=...)
 
 
 @dataclass
@@ -82,12 +85,39 @@ class Completion:
     token_ids: list[int]
     stats: Stats
     finish_reason: str | None
+    incomplete: bool = False  # see Chunk.incomplete
+
+
+def commit(pending: list[int], context: list[int], stats: Stats, budget: int, eos: set[int], stream: TextStream):
+    """Append a step's tokens to `context` until the budget, an EOS or a stop string:
+    (new tokens, text delta, finish reason or None)."""
+    new, text, finish = [], "", None
+    for tok in pending:
+        if stats.new_tokens >= budget:
+            finish = "length"
+            break
+        new.append(tok)
+        context.append(tok)
+        stats.new_tokens += 1
+        if tok in eos:
+            finish = "stop"
+            break
+        text += stream.push(tok)
+        if stream.stopped:
+            finish = "stop"
+            break
+    if finish is None and stats.new_tokens >= budget:
+        finish = "length"
+    if finish:
+        text += stream.flush()
+    return new, text, finish
 
 
 class Engine:
     def __init__(self, model: Model, drafter: Drafter | str | None = None, **drafter_options):
         self.model = model
-        self.forward = Forward(model.module)
+        # The backend runs every target forward (clmkit/backends); a model built by hand gets plain torch.
+        self.backend: Backend = model.runner()
         self.drafter = make_drafter(drafter, model, **drafter_options) if isinstance(drafter, str) else drafter
 
     # -- prompts ---------------------------------------------------------------------------------
@@ -122,7 +152,28 @@ class Engine:
         for last in self.generate(prompt, **kwargs):
             text.append(last.text)
             ids.extend(last.token_ids)
-        return Completion("".join(text), ids, last.stats, last.finish_reason)
+        return Completion("".join(text), ids, last.stats, last.finish_reason, last.incomplete)
+
+    def generate_batch(self, prompts: Sequence[Prompt], **options) -> Iterator[tuple[int, Chunk]]:
+        """Decode all prompts together, one target forward per step for every running row: yields
+        (index into prompts, Chunk). Options as for `generate` (no drafter/guide). clmkit/batching.py."""
+        from clmkit.batching import generate_batch
+
+        return generate_batch(self, prompts, **options)
+
+    def complete_batch(self, prompts: Sequence[Prompt], **options) -> list[Completion]:
+        parts = [([], [], None) for _ in prompts]
+        for i, chunk in self.generate_batch(prompts, **options):
+            parts[i][0].append(chunk.text)
+            parts[i][1].extend(chunk.token_ids)
+            parts[i] = (parts[i][0], parts[i][1], chunk)
+        return [Completion("".join(t), ids, c.stats, c.finish_reason) for t, ids, c in parts]
+
+    def batch_decoder(self, capacity: int = 1024):
+        """A step-wise BatchDecoder (clmkit/batching.py): add/cancel requests between steps (servers)."""
+        from clmkit.batching import BatchDecoder
+
+        return BatchDecoder(self, capacity)
 
     def generate(
         self,
@@ -139,16 +190,19 @@ class Engine:
         drafter: Drafter | str | None = None,
         truncate: bool = False,
         ignore_eos: bool = False,
+        guide: Guide | None = None,
     ) -> Iterator[Chunk]:
-        """Stream chunks of new tokens and text. `sampling` or the loose sampling arguments, not both."""
+        """Stream chunks of new tokens and text. `sampling` or the loose sampling arguments, not both.
+        `guide` (clmkit.guide) constrains or re-scores every next-token distribution, drafts included."""
         sampling = self._sampling(sampling, temperature, top_k, top_p, seed)
+        check_guide(guide, sampling, ignore_eos)
         if max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         ids = self._fit_context(self.encode(prompt, chat), max_new_tokens, truncate)
         if isinstance(drafter, str):
             drafter = make_drafter(drafter, self.model)
         drafter = drafter if drafter is not None else self.drafter
-        return self._generate(ids, max_new_tokens, sampling, list(stop), drafter, ignore_eos)
+        return self._generate(ids, max_new_tokens, sampling, list(stop), drafter, ignore_eos, guide)
 
     def _sampling(self, sampling, temperature, top_k, top_p, seed) -> Sampling:
         loose = {k: v for k, v in dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed).items() if v is not None}
@@ -167,63 +221,75 @@ class Engine:
             )
         return ids[-max(1, limit - max_new_tokens) :]
 
-    def _generate(self, ids, max_new_tokens, sampling, stop, drafter, ignore_eos) -> Iterator[Chunk]:
+    def _generate(self, ids, max_new_tokens, sampling, stop, drafter, ignore_eos, guide=None) -> Iterator[Chunk]:
         model, stats = self.model, Stats(prompt_tokens=len(ids))
         eos = set() if ignore_eos else model.eos_token_ids
         budget = min(max_new_tokens, model.context_length - len(ids))
         stream = TextStream(model.tokenizer, stop)
         generator = None if sampling.greedy else sampling.generator()
         capacity = len(ids) + budget + (drafter.max_nodes if drafter else 1)
-        cache = new_cache(model.module, capacity)
+        seq = self.backend.sequence(capacity)
+        try:
+            yield from self._decode(ids, seq, stats, eos, budget, stream, sampling, generator, drafter, guide)
+        finally:
+            seq.close()
+
+    @property
+    def forward(self):
+        """The torch backend's HF forward (for code that scores with the model directly)."""
+        forward = getattr(self.backend, "forward", None)
+        if forward is None:
+            raise InputError(f"this needs the torch backend; {self.model.name} runs on {self.backend.name}: load it with backend='torch'")
+        return forward
+
+    def _decode(self, ids, seq, stats, eos, budget, stream, sampling, generator, drafter, guide=None) -> Iterator[Chunk]:
         if drafter is not None:
             drafter.begin(list(ids), sampling)
-
+        if guide is not None:
+            guide.begin(list(ids), sampling)
         start = time.perf_counter()
-        token = self._prefill(ids, cache, sampling, generator)
+        token = self._prefill(ids, seq, sampling, generator, drafter, guide)
         stats.ttft_s = time.perf_counter() - start
         context = list(ids)
         pending = [token]
         while True:
-            new, text, finish = [], "", None
-            for tok in pending:
-                if stats.new_tokens >= budget:
-                    finish = "length"
-                    break
-                new.append(tok)
-                context.append(tok)
-                stats.new_tokens += 1
-                if tok in eos:
-                    finish = "stop"
-                    break
-                text += stream.push(tok)
-                if stream.stopped:
-                    finish = "stop"
-                    break
-            if finish is None and stats.new_tokens >= budget:
-                finish = "length"
-            if finish:
-                text += stream.flush()
+            new, text, finish = commit(pending, context, stats, budget, eos, stream)
+            if guide is not None:  # the guide follows committed tokens only (clmkit/guide)
+                guide.advance(new)
             stats.decode_s = time.perf_counter() - start - stats.ttft_s
-            yield Chunk(new, text, stats, finish)
+            yield Chunk(new, text, stats, finish, incomplete=bool(finish) and guide is not None and not guide.complete)
             if finish:
                 return
-            pending = self._step(context, cache, sampling, generator, drafter, stats)
+            if guide is not None and guide.finished:  # grammar complete: force EOS, no forward needed
+                pending = [guide.eos]
+            else:
+                pending = self._step(context, seq, sampling, generator, drafter, stats, guide)
 
     @torch.inference_mode()
-    def _prefill(self, ids, cache, sampling, generator) -> int:
-        x = torch.tensor([ids])
-        logits = self.forward(x, torch.arange(len(ids))[None], cache, last_only=True)
-        return next_token(logits[-1], sampling, generator)
+    def _prefill(self, ids, seq: BackendSequence, sampling, generator, drafter=None, guide=None) -> int:
+        hidden = getattr(drafter, "needs_hidden", False)  # trained drafters read the target's features (issue 10)
+        logits = seq.prefill(ids, hidden=hidden)
+        if hidden:
+            drafter.observe_prompt(seq.hidden_states[-1])
+        if guide is not None:
+            logits = first_logits(guide, logits)
+        return next_token(logits, sampling, generator)
 
     @torch.inference_mode()
-    def _step(self, context, cache, sampling, generator, drafter, stats) -> list[int]:
+    def _step(self, context, seq: BackendSequence, sampling, generator, drafter, stats, guide=None) -> list[int]:
         """One target forward: verify a tree rooted at context[-1]; return the tokens it commits."""
         tree = drafter.propose(context) if drafter is not None else TokenTree.root(context[-1])
-        prefix = cache.length
-        logits = self.forward.tree(tree, cache)
+        if guide is not None:  # prune what the guide forbids before the forward; one mask per node
+            tree, allowed = guide_tree(guide, tree)
+        hidden = getattr(drafter, "needs_hidden", False)
+        logits = seq.tree(tree, hidden=hidden)
+        if guide is not None:
+            logits = guide_logits(guide, tree, allowed, logits)
         verdict = verify(tree, logits, sampling, generator)
-        cache.keep(torch.tensor(verdict.path), start=prefix)
-        if drafter is not None:
+        seq.keep(verdict.path)
+        if hidden:  # the final hidden state (after the last norm) of every tree node
+            drafter.observe(tree, logits, verdict, hidden=seq.hidden_states[-1])
+        elif drafter is not None:
             drafter.observe(tree, logits, verdict)
         stats.target_forwards += 1
         stats.step_tokens += len(verdict.tokens)

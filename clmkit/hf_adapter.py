@@ -35,6 +35,7 @@ class Forward:
         layer_types = getattr(config, "layer_types", None) or []
         self.sliding_window = getattr(config, "sliding_window", None) if "sliding_attention" in layer_types else None
         self.dtype = next(model.parameters()).dtype
+        self.hidden_states: tuple[torch.Tensor, ...] | None = None
 
     def __call__(
         self,
@@ -43,17 +44,25 @@ class Forward:
         cache: KVCache,
         attention_mask: torch.Tensor | dict | None = None,
         last_only: bool = False,
+        hidden: bool = False,
     ) -> torch.Tensor:
-        """Logits [n, vocab] for the n input tokens (only the last one's with `last_only`)."""
+        """Logits [n, vocab] for the n input tokens (only the last one's with `last_only`).
+        With `hidden`, `self.hidden_states` = every layer's output [n, d] (HF order: embeddings first)."""
+        return self.batch(input_ids, position_ids, cache, attention_mask, last_only, hidden)[0]
+
+    def batch(self, input_ids, position_ids, cache, attention_mask=None, last_only=False, hidden=False) -> torch.Tensor:
+        """Logits [B, n, vocab] for a batch of rows (input_ids [B, n])."""
         out = self.model(
             input_ids=input_ids,
             position_ids=position_ids,
             attention_mask=attention_mask,
             use_cache=True,
             logits_to_keep=1 if last_only else 0,
+            output_hidden_states=hidden,
             **{self.cache_kw: cache},
         )
-        return out.logits[0]
+        self.hidden_states = tuple(h[0] for h in out.hidden_states) if hidden else None
+        return out.logits
 
     def tree_mask(self, tree: TokenTree, prefix_length: int) -> torch.Tensor | dict:
         full = tree_attention_mask(tree, prefix_length, self.dtype)
@@ -63,11 +72,22 @@ class Forward:
         sliding = tree_attention_mask(tree, prefix_length, self.dtype, self.sliding_window)
         return {"full_attention": full, "sliding_attention": sliding}
 
-    def tree(self, tree: TokenTree, cache: KVCache) -> torch.Tensor:
+    def tree(self, tree: TokenTree, cache: KVCache, hidden: bool = False) -> torch.Tensor:
         """One forward over a whole tree: logits [n, vocab], node i's logits predict its children."""
         prefix = cache.length
         ids = tree.tokens[None]
         positions = (prefix + tree.depth)[None]
         # A chain (plain decoding is a chain of one) is ordinary causal attention: let HF build it.
         mask = None if tree.is_chain else self.tree_mask(tree, prefix)
-        return self(ids, positions, cache, mask)
+        return self(ids, positions, cache, mask, hidden=hidden)
+
+
+def batch_mask(forward: Forward, valid: torch.Tensor, slot_positions: torch.Tensor, query_positions: torch.Tensor):
+    """Additive mask [B, 1, 1, T] for one new token per row over a BatchKVCache's slots (the new slot
+    included): a row sees only its own live slots (plus, on sliding layers, only the last window)."""
+    full = torch.zeros(valid.shape, dtype=forward.dtype).masked_fill_(~valid, torch.finfo(forward.dtype).min)
+    if forward.sliding_window is None:
+        return full[:, None, None]
+    near = slot_positions > query_positions[:, None] - forward.sliding_window
+    sliding = torch.zeros(valid.shape, dtype=forward.dtype).masked_fill_(~(valid & near), torch.finfo(forward.dtype).min)
+    return {"full_attention": full[:, None, None], "sliding_attention": sliding[:, None, None]}

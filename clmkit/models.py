@@ -107,15 +107,43 @@ EMBEDDED: dict[str, EmbeddedModel] = {
 }
 
 
+class NoTorchWeights:
+    """Stands in for `Model.module` when a backend runs the model without torch weights (llama.cpp):
+    any use says what is missing instead of failing somewhere deep with an AttributeError."""
+
+    def __init__(self, name: str, backend: str):
+        self._message = (f"this needs the model's torch weights, but {name} was loaded for the {backend} backend "
+                         f"without them; load it with backend='torch' (CLI: --backend torch)")
+
+    def __getattr__(self, attr):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        from clmkit.errors import InputError
+
+        raise InputError(self._message)
+
+    def __call__(self, *args, **kwargs):
+        self.__getattr__("forward")
+
+
 @dataclass
 class Model:
     """A loaded causal LM and its tokenizer."""
 
     name: str
-    module: torch.nn.Module  # a transformers PreTrainedModel (…ForCausalLM)
+    module: torch.nn.Module  # a transformers PreTrainedModel (…ForCausalLM); NoTorchWeights on llama.cpp
     tokenizer: object  # a transformers PreTrainedTokenizerBase
     source: Path  # where the weights were read from
     chat: bool  # apply the chat template by default
+    backend: object = None  # a clmkit.backends.Backend; None = plain torch on `module`, made on first use
+
+    def runner(self):
+        """The backend that runs this model's forwards (clmkit/backends)."""
+        if self.backend is None:
+            from clmkit.backends import make_backend
+
+            self.backend = make_backend("torch", self.module, kernel="hf")
+        return self.backend
 
     @property
     def config(self):
@@ -123,11 +151,15 @@ class Model:
 
     @property
     def context_length(self) -> int:
+        if isinstance(self.module, NoTorchWeights):
+            return self.backend.context_length
         c = self.config
         return int(getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None) or 2048)
 
     @property
     def eos_token_ids(self) -> set[int]:
+        if isinstance(self.module, NoTorchWeights):
+            return set(self.backend.eos_token_ids)
         ids = self.module.generation_config.eos_token_id
         if ids is None:
             ids = self.tokenizer.eos_token_id
@@ -136,6 +168,8 @@ class Model:
 
     @property
     def vocab_size(self) -> int:
+        if isinstance(self.module, NoTorchWeights):
+            return self.backend.vocab_size
         return self.module.get_output_embeddings().weight.shape[0]
 
 
@@ -147,19 +181,73 @@ def cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "clmkit"
 
 
-def load(name_or_path: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32) -> Model:
-    """Load an embedded model by name, a HF model directory, or a .gguf file."""
+def load(name_or_path: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32, backend: str = "torch",
+         **backend_options) -> Model:
+    """Load an embedded model by name, a HF model directory, or a .gguf file.
+
+    `backend`: "torch" (default: the HF module; `kernel="auto"` picks faster pre-packed linears),
+    "llama.cpp" (a GGUF through llama-cpp-python; no torch weights are loaded), or "auto" (llama.cpp for
+    embedded models and .gguf files when llama-cpp-python is installed, else torch). See docs/backends.md."""
+    backend = resolve_backend(name_or_path, backend)
+    gguf = _gguf_of(name_or_path)
+    if backend == "llama.cpp":
+        from clmkit.backends.llamacpp import load_llamacpp
+
+        if gguf is None:
+            raise ModelLoadError(f"the llama.cpp backend runs GGUF files; {name_or_path!r} is not one "
+                                 "(convert a HF directory with llama.cpp's convert_hf_to_gguf.py, or use --backend torch)")
+        spec = EMBEDDED.get(name_or_path)
+        return load_llamacpp(gguf, name=spec.name if spec else gguf.stem, chat=spec.chat if spec else None,
+                             tokenizer_dir=_tokenizer_dir(name_or_path, gguf), **backend_options)
+    model = _load_torch(name_or_path, dtype)
+    if backend_options:
+        from clmkit.backends import make_backend
+
+        model.backend = make_backend("torch", model.module, **backend_options)
+    return model
+
+
+def resolve_backend(name_or_path: str, backend: str) -> str:
+    """"auto" -> "llama.cpp" for an embedded model or a .gguf file when llama-cpp-python is installed, else "torch"."""
+    from clmkit.backends import check_name
+
+    if check_name(backend) != "auto":
+        return backend
+    gguf = name_or_path in EMBEDDED or Path(name_or_path).suffix == ".gguf"
+    return "llama.cpp" if gguf and importlib.util.find_spec("llama_cpp") is not None else "torch"
+
+
+def _gguf_of(name_or_path: str) -> Path | None:
+    """The GGUF file behind an embedded name or a .gguf path (None for a HF directory)."""
     if name_or_path in EMBEDDED:
-        spec = EMBEDDED[name_or_path]
-        converted = _converted(spec.locate(), cache_dir() / "models" / spec.name)
-        return _load_dir(converted, dtype, name=spec.name, chat=spec.chat)
+        return EMBEDDED[name_or_path].locate()
     path = Path(name_or_path).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelLoadError(f"GGUF file not found: {path}")
-        key = hashlib.sha256(f"{path.resolve()}:{path.stat().st_size}".encode()).hexdigest()[:12]
-        converted = _converted(path, cache_dir() / "models" / f"{path.stem}-{key}")
-        return _load_dir(converted, dtype, name=path.stem, chat=None)
+        return path
+    return None
+
+
+def _converted_dir(name_or_path: str, gguf: Path) -> Path:
+    if name_or_path in EMBEDDED:
+        return cache_dir() / "models" / EMBEDDED[name_or_path].name
+    key = hashlib.sha256(f"{gguf.resolve()}:{gguf.stat().st_size}".encode()).hexdigest()[:12]
+    return cache_dir() / "models" / f"{gguf.stem}-{key}"
+
+
+def _tokenizer_dir(name_or_path: str, gguf: Path) -> Path:
+    """Where the HF tokenizer of a GGUF is saved (the converted copy's folder when it exists)."""
+    return _converted_dir(name_or_path, gguf)
+
+
+def _load_torch(name_or_path: str, dtype: torch.dtype) -> Model:
+    gguf = _gguf_of(name_or_path)
+    if gguf is not None:
+        spec = EMBEDDED.get(name_or_path)
+        converted = _converted(gguf, _converted_dir(name_or_path, gguf))
+        return _load_dir(converted, dtype, name=spec.name if spec else gguf.stem, chat=spec.chat if spec else None)
+    path = Path(name_or_path).expanduser()
     if path.is_dir():
         return _load_dir(path, dtype, name=path.name, chat=None)
     known = ", ".join(EMBEDDED)

@@ -32,13 +32,25 @@ class Divergence:
 
 
 def first_divergence(module, prompt_ids: list[int], reference: list[int], got: list[int]) -> Divergence | None:
-    """None when identical (a prefix relation counts as identical only if the lengths match too)."""
+    """None when identical (a prefix relation counts as identical only if the lengths match too).
+    `module`: the HF module, or a clmkit Backend whose logits decide the near-tie."""
     if reference == got:
         return None
     i = next((k for k, (a, b) in enumerate(zip(reference, got)) if a != b), min(len(reference), len(got)))
     if i >= min(len(reference), len(got)):
         return Divergence(i, reference[i] if i < len(reference) else -1, got[i] if i < len(got) else -1, float("inf"))
-    with torch.inference_mode():
-        logits = module(input_ids=torch.tensor([prompt_ids + reference[:i]])).logits[0, -1].float()
+    logits = last_logits(module, prompt_ids + reference[:i])
     top2 = torch.topk(logits, 2).values
     return Divergence(i, reference[i], got[i], float(top2[0] - top2[1]))
+
+
+def last_logits(scorer, ids: list[int]) -> torch.Tensor:
+    """Next-token logits after `ids` from a HF module or a clmkit Backend (llama.cpp has no torch module)."""
+    if hasattr(scorer, "sequence"):
+        seq = scorer.sequence(len(ids) + 1)
+        try:
+            return seq.prefill(ids).float()
+        finally:
+            seq.close()
+    with torch.inference_mode():
+        return scorer(input_ids=torch.tensor([ids])).logits[0, -1].float()

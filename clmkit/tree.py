@@ -81,6 +81,21 @@ class TokenTree:
         tree.tokens = tokens
         return tree
 
+    def subtree(self, keep: list[int]) -> "TokenTree":
+        """The nodes `keep` (ascending, root included, each kept node's parent kept), re-indexed 0..k-1.
+        Order is preserved, so children keep their draw order and parents still come first."""
+        if not keep or keep[0] != 0 or any(b <= a for a, b in zip(keep, keep[1:])):
+            raise ValueError("subtree: keep must be ascending node indices starting with the root 0")
+        new_index = {old: new for new, old in enumerate(keep)}
+        parents = self.parents.tolist()
+        try:
+            new_parents = [-1] + [new_index[parents[old]] for old in keep[1:]]
+        except KeyError:
+            raise ValueError("subtree: a kept node's parent was dropped") from None
+        idx = torch.tensor(keep)
+        q = None if self.q is None else self.q[idx]
+        return TokenTree(self.tokens[idx], torch.tensor(new_parents), draw=self.draw, q=q)
+
     def path_to(self, node: int) -> list[int]:
         """Node indices from the root to `node`, inclusive."""
         path = []

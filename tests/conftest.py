@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
+
+# Property tests check correctness, not speed: no per-example deadline (a loaded CI machine would
+# otherwise fail them with DeadlineExceeded).
+settings.register_profile("clmkit", deadline=None)
+settings.load_profile("clmkit")
 
 CORPUS = [
     "the quick brown fox jumps over the lazy dog",
@@ -99,3 +104,18 @@ def embedded_model():
 def _seed():
     torch.manual_seed(1234)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_for_tiny_models(request):
+    """One intra-op thread, except for tests on the real embedded model: the tiny models' ops take
+    microseconds, so a second thread only adds fork/join and spin-wait (measured: a greedy-parity
+    test took 12 s of CPU with two threads, 0.5 s with one — 96 s vs 6 s wall on the loaded 2-core
+    machine)."""
+    if request.node.get_closest_marker("embedded"):
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,7 +1,5 @@
 """Bad input gets a clear error (ClmkitError in the API, one line + exit 2 in the CLI) and loses nothing."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -82,8 +80,8 @@ def test_cli_ctrl_c_keeps_partial_text(monkeypatch, tiny_llama):
         yield Chunk([2], "answer", Stats(prompt_tokens=1, new_tokens=2))
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "load", lambda name: tiny_llama, raising=False)
-    monkeypatch.setattr("clmkit.models.load", lambda name: tiny_llama)
+    monkeypatch.setattr(cli, "load", lambda name, **backend: tiny_llama, raising=False)
+    monkeypatch.setattr("clmkit.models.load", lambda name, **backend: tiny_llama)
     monkeypatch.setattr(Engine, "generate", interrupted)
     result = runner.invoke(cli.app, ["generate", "hi"])
     assert result.exit_code == 130

@@ -39,7 +39,7 @@ def test_greedy_identical_to_hf_generate_on_specbench(embedded_model):
 
 
 def test_cli_generate_json(embedded_model, monkeypatch):
-    monkeypatch.setattr("clmkit.models.load", lambda name: embedded_model)
+    monkeypatch.setattr("clmkit.models.load", lambda name, **backend: embedded_model)
     result = CliRunner().invoke(cli.app, ["generate", "What is 2+2? Answer with a number.", "-n", "16", "--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.output.strip().splitlines()[-1])
@@ -67,8 +67,9 @@ def test_every_drafter_greedy_identical_on_specbench(embedded_model, name):
 
 
 def test_eval_causal_runs_the_embedded_model(embedded_model, monkeypatch, tmp_path):
-    monkeypatch.setattr("clmkit.models.load", lambda name: embedded_model)
-    result = CliRunner().invoke(cli.app, ["eval", "causal", "--task", "corr2cause", "--strategy", "direct",
+    monkeypatch.setattr("clmkit.models.load", lambda name, **backend: embedded_model)
+    # axiomatic items are generated, so this runs in a fresh clone too (no CLMKIT_DATA needed)
+    result = CliRunner().invoke(cli.app, ["eval", "causal", "--task", "axiomatic", "--strategy", "direct",
                                           "--limit", "2", "--drafter", "lookup", "-o", str(tmp_path)])
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in next(tmp_path.glob("*.jsonl")).read_text().splitlines()]

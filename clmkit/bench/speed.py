@@ -30,6 +30,8 @@ from clmkit.parity import first_divergence
 from clmkit.sampling import Sampling
 
 HF_METHODS = ("hf", "hf-lookup", "hf-assisted")
+LLAMA_CPP_METHODS = ("llama-cpp-python", "llama-cpp-python-lookup")  # the field's engine, its own generation
+TUNE_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 
 
 @dataclass
@@ -70,6 +72,30 @@ class HFMethod:
         return Run(out[0, len(ids):].tolist(), time.perf_counter() - start)
 
 
+class LlamaCppPythonMethod:
+    """llama-cpp-python's own high-level greedy generation (and its prompt-lookup decoding) on the GGUF."""
+
+    def __init__(self, name: str, gguf: Path, sampling: Sampling):
+        import llama_cpp
+        from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+
+        if not sampling.greedy:
+            raise InputError(f"{name} is run greedy only (its sampler chain differs from clmkit's)")
+        draft = LlamaPromptLookupDecoding(num_pred_tokens=10) if name.endswith("-lookup") else None
+        self.llm = llama_cpp.Llama(str(gguf), n_ctx=4096, n_threads=torch.get_num_threads(), verbose=False,
+                                   draft_model=draft)
+        self.eos = {t for t in range(self.llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(self.llm._model.vocab, t)}
+
+    def __call__(self, ids: list[int], max_new_tokens: int) -> Run:
+        out = []
+        start = time.perf_counter()
+        for tok in self.llm.generate(ids, temp=0.0, repeat_penalty=1.0, reset=True):
+            out.append(tok)
+            if tok in self.eos or len(out) == max_new_tokens:
+                break
+        return Run(out, time.perf_counter() - start)
+
+
 class ClmkitMethod:
     def __init__(self, name: str, model, draft_model: str | None, sampling: Sampling, options: dict):
         self.name, self.sampling = name, sampling
@@ -91,13 +117,41 @@ class ClmkitMethod:
                    s.accepted_tokens)
 
 
-def make_methods(names: list[str], model, draft_model, sampling, options) -> dict:
-    known = set(HF_METHODS) | {"vanilla"} | set(available())
+def make_methods(names: list[str], model, draft_model, sampling, options, hf_model=None) -> dict:
+    """`model` runs the clmkit methods (on its backend); `hf_model` (torch, default `model`) the HF ones."""
+    known = set(HF_METHODS) | set(LLAMA_CPP_METHODS) | {"vanilla"} | set(available())
     unknown = [n for n in names if n not in known]
     if unknown:
         raise InputError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return {n: HFMethod(n, model, draft_model, sampling) if n in HF_METHODS
-            else ClmkitMethod(n, model, draft_model, sampling, options) for n in names}
+    methods = {}
+    for n in names:
+        if n in HF_METHODS:
+            methods[n] = HFMethod(n, hf_model or model, draft_model, sampling)
+        elif n in LLAMA_CPP_METHODS:
+            methods[n] = LlamaCppPythonMethod(n, model.source, sampling)
+        else:
+            methods[n] = ClmkitMethod(n, model, draft_model, sampling, options)
+    return methods
+
+
+def tuned_budgets(model, methods: list[str], options: dict) -> dict:
+    """Tree budgets from this backend's measured verify cost: the node count that maximises expected
+    tokens/s (Token Recycling's model, clmkit/bench/verify_cost.py), given to every drafter that has a
+    single budget and was not given one explicitly. Returns the measurement for the results file."""
+    from clmkit.bench.verify_cost import best_budget, measure
+    from clmkit.drafters import budget_options
+
+    rows = best_budget(measure(model, TUNE_SIZES, repeats=3))
+    nodes = max(rows, key=lambda r: r["expected_speedup"])["nodes"]
+    for m in methods:
+        if m in available() and nodes > 1:
+            try:
+                tuned = budget_options(m, nodes - 1)
+            except InputError:
+                continue  # no single budget (e.g. rsd's branching): keep its defaults
+            for key, value in tuned.items():
+                options.setdefault(m, {}).setdefault(key, value)
+    return {"nodes": nodes, "verify_cost": rows}
 
 
 def summarise(rows: list[dict], methods: list[str], group: str | None) -> list[dict]:
@@ -168,13 +222,23 @@ def run_speed(
     recycling_state: Path | None = None,
     output: Path | None = None,
     categories: list[str] | None = None,
+    backend: str = "torch",
+    kernel: str | None = None,
+    tune: bool = False,
 ) -> dict:
+    from clmkit.backends import load_for_cli
+    from clmkit.models import NoTorchWeights
+
     prompts = load_specbench(per_category, categories)
-    model = load(model_name)
-    options = dict(options or {})
+    model = load_for_cli(model_name, backend, kernel)
+    hf_model = None
+    if isinstance(model.module, NoTorchWeights) and any(m in HF_METHODS for m in methods):
+        hf_model = load(model_name)  # HF references need the torch weights
+    options = {k: dict(v) for k, v in (options or {}).items()}
     if recycling_state is not None and "recycling" in methods:
         options.setdefault("recycling", {})["state"] = recycling_state if recycling_state.exists() else None
-    runners = make_methods(methods, model, draft_model, sampling, options)
+    tuning = tuned_budgets(model, methods, options) if tune else None
+    runners = make_methods(methods, model, draft_model, sampling, options, hf_model)
     encoder = Engine(model)
     encoded = [encoder.encode(p.text) for p in prompts]
     for run in runners.values():  # warm-up: first calls initialise kernels (not measured)
@@ -194,8 +258,9 @@ def run_speed(
                 progress.advance(task)
             if sampling.greedy and "vanilla" in row:
                 for m in methods:
-                    d = first_divergence(model.module, ids, row["vanilla"]["tokens"], row[m]["tokens"])
-                    row[m]["check"] = "identical" if d is None else ("near-tie" if d.near_tie else "DIVERGED")
+                    d = first_divergence(model.runner(), ids, row["vanilla"]["tokens"], row[m]["tokens"])
+                    tie = d is not None and d.top2_gap < model.runner().near_tie  # the backend's stated bound
+                    row[m]["check"] = "identical" if d is None else ("near-tie" if tie else "DIVERGED")
                     if d is not None:
                         row[m]["divergence"] = str(d)
                         progress.console.print(f"[parity] {m} on question {p.question_id}: {d}")
@@ -205,7 +270,8 @@ def run_speed(
     recycler = getattr(runners.get("recycling"), "drafter", None)
     if recycler is not None and recycling_state is not None:
         recycler.save(recycling_state)
-    result = {"model": model.name, "methods": methods, "max_new_tokens": max_new_tokens,
+    result = {"model": model.name, "backend": model.runner().name, "kernel": getattr(model.runner(), "kernel", None),
+              "tuned": tuning, "methods": methods, "max_new_tokens": max_new_tokens,
               "sampling": sampling.__dict__, "draft_model": draft_model, "prompts": len(prompts),
               "torch_threads": torch.get_num_threads(), "overall": overall, "per_category": per_category,
               "recycling_accept_probs": recycler.measured_accept_probs if recycler else None, "rows": rows}

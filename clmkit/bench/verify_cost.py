@@ -15,32 +15,31 @@ import torch
 
 from clmkit.bench.report import markdown_table, print_table, run_dir, write_json
 from clmkit.drafters.recycling import DEFAULT_ACCEPT_PROBS, DEFAULT_DEPTH
-from clmkit.hf_adapter import Forward, new_cache
-from clmkit.models import load
 from clmkit.static_tree import TreeTemplate
 
 SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 20, 24, 32, 40, 48, 64, 80)
 
 
 def measure(model, sizes=SIZES, prefix: int = 256, repeats: int = 7) -> dict[int, float]:
-    """Median seconds of one forward over an n-node tree (Token Recycling's shape) after `prefix` tokens."""
-    fwd = Forward(model.module)
-    cache = new_cache(model.module, prefix + max(sizes) + 1)
+    """Median seconds of one forward over an n-node tree (Token Recycling's shape) after `prefix` tokens,
+    on the model's backend (torch or llama.cpp)."""
+    seq = model.runner().sequence(prefix + max(sizes) + 1)
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(100, model.vocab_size, (1, prefix), generator=g)
+    seq.prefill(torch.randint(100, model.vocab_size, (prefix,), generator=g).tolist())
     costs = {}
-    with torch.inference_mode():
-        fwd(ids, torch.arange(prefix)[None], cache)
+    try:
         for n in sizes:
             tree = TreeTemplate.optimal(DEFAULT_ACCEPT_PROBS, n, DEFAULT_DEPTH).tree
             tree = tree.with_tokens(torch.randint(100, model.vocab_size, (n,), generator=g))
             times = []
             for _ in range(repeats):
                 start = time.perf_counter()
-                fwd.tree(tree, cache)
+                seq.tree(tree)
                 times.append(time.perf_counter() - start)
-                cache.crop_to(prefix)
+                seq.truncate(prefix)
             costs[n] = statistics.median(times)
+    finally:
+        seq.close()
     return costs
 
 
@@ -53,16 +52,57 @@ def best_budget(costs: dict[int, float], accept_probs=DEFAULT_ACCEPT_PROBS, max_
     return rows
 
 
-def run_verify_cost(model_name: str, output: Path | None = None) -> list[dict]:
-    model = load(model_name)
-    rows = best_budget(measure(model))
-    best = max(rows, key=lambda r: r["expected_speedup"])
+def run_verify_cost(model_name: str, output: Path | None = None, backend: str = "torch", kernel: str | None = None,
+                    sizes=SIZES, repeats: int = 7) -> list[dict]:
+    """`backend` may list several specs, comma-separated, as BACKEND or torch:KERNEL (e.g.
+    "torch:hf,torch:onednn,llama.cpp"): they are then measured round-robin, one forward per size per
+    round, so machine noise hits all alike; the median over the rounds is reported."""
+    from clmkit.backends import load_for_cli
+
+    specs = [b.strip() for b in backend.split(",") if b.strip()]
+    models = {}
+    for spec in specs:
+        name, _, spec_kernel = spec.partition(":")
+        models[spec] = load_for_cli(model_name, name, spec_kernel or kernel)
+    times: dict[str, dict[int, list[float]]] = {spec: {n: [] for n in sizes} for spec in specs}
+    for _ in range(repeats if len(specs) > 1 else 1):
+        for spec, model in models.items():
+            for n, t in measure(model, sizes, repeats=1 if len(specs) > 1 else repeats).items():
+                times[spec][n].append(t)
     out = run_dir(output, "verify-cost")
-    write_json(out / "verify_cost.json", {"model": model.name, "threads": torch.get_num_threads(), "rows": rows,
-                                          "best_budget": best["nodes"]})
-    cols = list(rows[0])
-    (out / "verify_cost.md").write_text(markdown_table(cols, rows))
-    print_table(f"verify cost of an n-node tree ({model.name}, {torch.get_num_threads()} threads)", cols, rows)
-    print(f"best Token Recycling budget here: {best['nodes']} nodes (expected {best['expected_speedup']:.2f}x over "
-          f"plain decoding with the default rank-acceptance rates); results: {out}")
-    return rows
+    results, all_rows = {}, []
+    for spec, model in models.items():
+        runner = model.runner()
+        label = runner.name + (f" ({runner.kernel} kernel)" if getattr(runner, "kernel", None) else "")
+        rows = best_budget({n: statistics.median(ts) for n, ts in times[spec].items()})
+        best = max(rows, key=lambda r: r["expected_speedup"])
+        results[label] = {"rows": rows, "best_budget": best["nodes"]}
+        all_rows += [{"backend": label, **r} for r in rows]
+        print_table(f"verify cost of an n-node tree ({model.name}, {label}, {torch.get_num_threads()} threads)",
+                    list(rows[0]), rows)
+        print(f"{label}: best Token Recycling budget {best['nodes']} nodes (expected {best['expected_speedup']:.2f}x "
+              "over plain decoding with the default rank-acceptance rates)")
+    write_json(out / "verify_cost.json", {"model": model_name, "threads": torch.get_num_threads(), "repeats": repeats,
+                                          "backends": results})
+    (out / "verify_cost.md").write_text(markdown_table(list(all_rows[0]), all_rows))
+    plot_costs(results, out / "verify_cost.png", f"{model_name}: cost of verifying n tokens, relative to n = 1")
+    print(f"results: {out}/verify_cost.json, verify_cost.md, verify_cost.png")
+    return all_rows
+
+
+def plot_costs(results: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, r in results.items():
+        ax.plot([x["nodes"] for x in r["rows"]], [x["relative_cost"] for x in r["rows"]], marker="o", label=label)
+    ax.set_xlabel("tree nodes n")
+    ax.set_ylabel("cost(n) / cost(1)")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -244,8 +244,9 @@ def readings(g: nx.DiGraph, clauses: list[Clause], treatment_nouns: tuple[str, s
         rule = {}
         score = 0.0
         for (parents, _), op, ants, cons in combo:
+            effective = _spread_negation(list(cons.items()), value_noun)
             for child, noun in cons.items():
-                rule[child] = (op, [v for v in parents], noun)
+                rule[child] = (op, [v for v in parents], effective[child])
                 a = value_noun.get(child)
                 if a is not None:
                     score += 2.0 if noun in (a, f"not {a}") else (1.0 if phrase_relation(noun, a) is False else 0.0)
@@ -256,6 +257,29 @@ def readings(g: nx.DiGraph, clauses: list[Clause], treatment_nouns: tuple[str, s
         raise Unparsed("no consistent reading of the rules")
     best = max(r.score for r in found)
     return [r for r in found if r.score >= best - 1e-9]
+
+
+def _states_negation(noun: str, value_noun: str | None) -> bool:
+    """Does a consequent state its variable's value 0 ("not zuph", "the private not shooting")?"""
+    if noun.startswith("not "):
+        return True
+    if value_noun is not None:
+        return noun != value_noun and phrase_relation(noun, value_noun) is False
+    return any(t in _NEGATIONS for t in _tokens(noun))
+
+
+def _spread_negation(consequents: list[tuple[str, str]], value_noun: dict[str, str]) -> dict[str, str]:
+    """child -> the noun its rule makes true, reading "A causes not B and C" as "not B and not C".
+
+    CLadder's generator writes one negated rule for a shared parent set as "not" (or the first
+    child's value-0 noun) before the whole consequent list, and labels every child negated: the
+    diamondcut rows "V1 causes not X and V3" are only consistent with V3 := not V1. (CounterBench
+    writes each negation where it applies; its parser keeps the narrow reading.)"""
+    (first, first_noun), rest = consequents[0], consequents[1:]
+    if not rest or not _states_negation(first_noun, value_noun.get(first)):
+        return dict(consequents)
+    spread = {c: noun if _states_negation(noun, None) else f"not {noun}" for c, noun in rest}
+    return {first: first_noun, **spread}
 
 
 def _evaluate(g: nx.DiGraph, reading: Reading, x: str, action: int, roots: dict[str, int],

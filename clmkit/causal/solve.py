@@ -17,6 +17,7 @@ from clmkit.causal.counterfactual import (
     InconsistentEvidenceError,
     Literal,
     Mechanism,
+    MultipleSolutionsError,
     SCM,
     TooLargeError,
     counterfactual,
@@ -218,8 +219,8 @@ def _mechanisms(cause_text: str, effect_texts: list[str]) -> list[Mechanism]:
 def parse_counterbench_rules(given_info: str) -> tuple[SCM, dict[str, bool]]:
     """'We know that ... . We observed ...' -> (the SCM, the observations).
 
-    Raises ParseError for text outside the rule language and GraphError for rules that do not
-    form an acyclic model (a cycle, or two rules for one variable).
+    Raises ParseError for text outside the rule language and GraphError for two rules for one
+    variable. Cyclic rules are a model too: `counterfactual` solves them as a system.
     """
     text = " ".join(given_info.split())
     rules_text, _, observed_text = text.partition("We observed")
@@ -251,7 +252,7 @@ def parse_counterbench_rules(given_info: str) -> tuple[SCM, dict[str, bool]]:
     if observed_text:
         for literal in _literal_list(observed_text):
             evidence[literal.name] = not literal.negated
-    return SCM(mechanisms), evidence  # GraphError (a cycle, two mechanisms for one variable) propagates
+    return SCM(mechanisms), evidence  # GraphError (two mechanisms for one variable) propagates
 
 
 def parse_counterbench(question: str, given_info: str) -> CounterBenchProblem:
@@ -262,6 +263,10 @@ def parse_counterbench(question: str, given_info: str) -> CounterBenchProblem:
     would produce (X is a deterministic effect of it), so abduction would find no world at all.
     The observation is therefore held in the hypothetical world, i.e. do(X) there — which equals
     ordinary abduction whenever X is a root cause. docs/causal.md has the measurements.
+
+    The situation is a closed world: a supposition or observation naming a variable no rule
+    mentions adds it as an isolated root cause (it affects nothing). An outcome no rule mentions
+    is outside the text's language (ParseError).
     """
     scm, observed = parse_counterbench_rules(given_info)
     question = " ".join(question.split())
@@ -284,9 +289,11 @@ def parse_counterbench(question: str, given_info: str) -> CounterBenchProblem:
             # Deterministic model, fixed background: supposing B inside the world where A was
             # supposed is the joint intervention do(A, B); B's supposition overrides A's effect on B.
             supposed = {lit.name: not lit.negated for lit in (_literal(first), _literal(second))}
-        unknown = [v for v in [query, *supposed, *evidence] if v not in scm.graph]
-        if unknown:
-            raise ParseError(f"the question names {', '.join(unknown)}, which the rules never mention")
+        if query not in scm.graph and query not in supposed:
+            raise ParseError(f"the question asks about {query}, which the rules never mention")
+        isolated = [v for v in [*observed, *supposed, *evidence] if v not in scm.graph]
+        if isolated:
+            scm = SCM(scm.mechanisms.values(), variables=[*scm.graph, *isolated])
         return CounterBenchProblem(scm, evidence, {**observed, **supposed}, query)
     raise ParseError(f"cannot read the question {question!r}")
 
@@ -300,8 +307,10 @@ def solve_counterbench(question: str, given_info: str) -> Solution:
         return Solution(None, "inconsistent", str(e))
     try:
         value = counterfactual(problem.scm, problem.evidence, problem.interventions, problem.query)
-    except InconsistentEvidenceError as e:
+    except InconsistentEvidenceError as e:  # also NoSolutionError: cyclic rules no world satisfies
         return Solution(None, "inconsistent", str(e))
+    except MultipleSolutionsError as e:
+        return Solution(None, "undetermined", str(e))
     except TooLargeError as e:
         return Solution(None, "too_large", str(e))
     setting = ", ".join(f"{v}={'yes' if b else 'no'}" for v, b in problem.interventions.items())

@@ -7,11 +7,10 @@ with `@register("name")`; modules in this package are discovered automatically.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-from typing import TYPE_CHECKING, Callable, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from clmkit.errors import InputError
+from clmkit.registry import Registry
 
 if TYPE_CHECKING:
     import torch
@@ -40,43 +39,25 @@ class Drafter(Protocol):
         """The target's logits at every node of the verified tree, and what was accepted."""
 
 
-_REGISTRY: dict[str, Callable[..., Drafter]] = {}
-
-
-def register(name: str):
-    def wrap(factory):
-        _REGISTRY[name] = factory
-        return factory
-
-    return wrap
-
-
-def _discover() -> None:
-    for info in pkgutil.iter_modules(__path__):
-        if not info.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{info.name}")
+DRAFTERS = Registry("drafter", __name__)
+register = DRAFTERS.register
 
 
 def available() -> list[str]:
-    _discover()
-    return sorted(_REGISTRY)
+    return DRAFTERS.names()
 
 
 def takes_draft_model(name: str) -> bool:
     """Whether drafter `name` drafts with a model (accepts `draft_model=`: a model or self:N)."""
-    _discover()
-    return bool(getattr(_REGISTRY.get(name), "takes_draft_model", False))
+    return bool(getattr(DRAFTERS.find(name), "takes_draft_model", False))
 
 
 def budget_options(name: str, draft_tokens: int) -> dict:
     """The options that make drafter `name` propose trees of (at most) `draft_tokens` nodes below the
     root: what `--tree-budget` means for every drafter. Each drafter maps it to its own keywords."""
-    _discover()
     if draft_tokens < 1:
         raise InputError(f"the tree budget must be >= 1 draft token, got {draft_tokens}")
-    factory = _REGISTRY.get(name)
-    if factory is None:
-        raise InputError(f"unknown drafter {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    factory = DRAFTERS.get(name)
     if not hasattr(factory, "budget_options"):
         raise InputError(f"drafter {name!r} has no single tree budget; set its shape with --option")
     return factory.budget_options(draft_tokens)
@@ -84,11 +65,9 @@ def budget_options(name: str, draft_tokens: int) -> dict:
 
 def make_drafter(name: str, model: "Model", **options) -> Drafter:
     """Build a registered drafter for `model`; options are the drafter's own keyword arguments."""
-    _discover()
-    if name not in _REGISTRY:
-        raise InputError(f"unknown drafter {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    factory = DRAFTERS.get(name)
     try:
-        return _REGISTRY[name](model, **options)
+        return factory(model, **options)
     except TypeError as e:  # an option the drafter does not take
         if "keyword argument" not in str(e):
             raise

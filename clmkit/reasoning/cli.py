@@ -2,6 +2,9 @@
 
     clm eval causal --task cladder --model smollm2-135m --strategy cot --limit 50
     clm eval causal --task corr2cause --model openai:gpt-4o-mini --base-url https://api.openai.com/v1
+    clm eval causal --task cladder --strategy direct-ll                 # log-likelihood scoring
+    clm eval causal --task cladder --strategy cot --batch-size 8        # 8 items decoded together
+    clm eval causal --task cladder --strategy cot --ray auto            # over a Ray cluster
 
 `clmkit.cli` mounts `eval_causal` on the `eval` group. Predictions go to
 <output-dir>/<task>__<strategy>__<model>.jsonl as they are made (a rerun resumes), and the
@@ -19,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from clmkit.errors import ClmkitError
+from clmkit.reasoning.evaluate import NO_MODEL
 from clmkit.reasoning.strategies import STRATEGIES
 
 err = Console(stderr=True, soft_wrap=True)
@@ -28,6 +32,12 @@ out = Console(soft_wrap=True)
 def _fail(message: str) -> None:
     err.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(2)
+
+
+class NoModel:
+    """Stands in for the LM under `--strategy solver`, which never calls one."""
+
+    name = NO_MODEL
 
 
 def eval_causal(
@@ -43,9 +53,15 @@ def eval_causal(
     resume: bool = typer.Option(True, "--resume/--restart", help="Skip items already in the predictions file."),
     drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help="clmkit models: a speculative drafter "
                                                                          "(lossless: same answers, faster)."),
+    batch_size: int = typer.Option(1, "--batch-size", "-b", help="clmkit models: decode B items together "
+                                                                  "(greedy answers unchanged)."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Fan items out over Ray: 'local' (a cluster on this "
+                                                          "machine), 'auto' (the cluster this machine is in) or "
+                                                          "ray://HOST:PORT. Needs clmkit[ray]."),
+    ray_workers: Optional[int] = typer.Option(None, "--ray-workers", help="Ray actors (default: one per CPU)."),
 ):
     """Evaluate a model with a prompting strategy on a causal-reasoning task."""
-    from clmkit.reasoning.evaluate import metrics, predictions_path, run, select, write_report
+    from clmkit.reasoning.evaluate import batched, metrics, predictions_path, run, select, write_report
     from clmkit.reasoning.lm import make_model
     from clmkit.tasks.registry import load_task
 
@@ -53,12 +69,26 @@ def eval_causal(
         _fail(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
     if limit is not None and limit < 1:
         _fail(f"--limit must be >= 1, got {limit}")
+    if batch_size < 1:
+        _fail(f"--batch-size must be >= 1, got {batch_size}")
     try:
         items = select(load_task(task), limit)
-        lm = make_model(model, base_url=base_url, api_key_env=api_key_env, timeout=timeout, drafter=drafter)
+        if ray is not None:  # the workers load the model; this process only writes the records
+            from clmkit.reasoning.distributed import ModelSpec, ray_executor
+            from clmkit.reasoning.lm import parse_model_spec
+
+            lm = None
+            name = NoModel.name if strategy == "solver" else parse_model_spec(model)[1] or model
+            executor = ray_executor(ModelSpec(model, base_url, api_key_env, timeout, drafter), strategy,
+                                    address=ray, workers=ray_workers, batch_size=batch_size)
+        else:
+            # the exact engine answers alone: no LM is loaded, and none is named in the outputs
+            lm = NoModel() if strategy == "solver" else make_model(model, base_url=base_url, api_key_env=api_key_env,
+                                                                    timeout=timeout, drafter=drafter)
+            name, executor = lm.name, batched(lm, strategy, batch_size)
     except (ClmkitError, FileNotFoundError) as e:
         _fail(str(e))
-    path = predictions_path(output_dir, task, strategy, lm.name)
+    path = predictions_path(output_dir, task, strategy, name)
     progress = Progress(TextColumn(f"{task} · {strategy}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("acc {task.fields[acc]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                         console=err, transient=True)
@@ -73,16 +103,23 @@ def eval_causal(
 
     with progress:
         bar = progress.add_task("eval", total=len(items), acc="-")
-        records = run(items, lm, strategy, path, task=task, resume=resume, on_record=on_record)
+        try:
+            records = run(items, lm, strategy, path, task=task, resume=resume, on_record=on_record,
+                          executor=executor, model_name=name)
+        except ClmkitError as e:  # e.g. the Ray cluster cannot be reached; the JSONL keeps what was done
+            _fail(str(e))
     wanted = {item.id for item in items}
     summary = metrics([r for r in records if r["id"] in wanted])
     reports = write_report(output_dir)
 
-    table = Table(title=f"{task} · {strategy} · {lm.name}")
-    for column in ("n", "accuracy", "F1 (yes)", "unparsed", "errors"):
+    table = Table(title=f"{task} · {strategy} · {name}")
+    for column in ("n", "accuracy", "95% CI", "acc_norm", "F1 (yes)", "unparsed", "errors", "wall s"):
         table.add_column(column, justify="right")
     f1 = "" if summary["f1_yes"] is None else f"{summary['f1_yes']:.3f}"
-    table.add_row(str(summary["n"]), f"{summary['accuracy']:.3f}", f1, str(summary["unparsed"]), str(summary["errors"]))
+    norm = "" if summary["acc_norm"] is None else f"{summary['acc_norm']:.3f}"
+    low, high = summary["accuracy_ci95"]
+    table.add_row(str(summary["n"]), f"{summary['accuracy']:.3f}", f"{low:.2f}–{high:.2f}", norm, f1,
+                  str(summary["unparsed"]), str(summary["errors"]), f"{summary['wall_s']:.0f}")
     out.print(table)
     out.print(f"predictions: {path}\nsummary: {', '.join(str(p) for p in reports.values())}", highlight=False)
     if summary["errors"]:

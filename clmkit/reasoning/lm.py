@@ -58,6 +58,12 @@ class ClmkitModel:
                                           stop=list(stop or []), chat=self.chat)
         return _cut_at_stop(completion.text, stop)
 
+    def loglikelihood(self, prompt: str, choices: list[str]):
+        """log p(choice | prompt) per choice, all choices in one forward (see reasoning/loglik.py)."""
+        from clmkit.reasoning.loglik import model_loglikelihood
+
+        return model_loglikelihood(self.engine, prompt, choices, self.chat)
+
 
 class OpenAIModel:
     """An OpenAI-compatible `/chat/completions` endpoint (OpenAI, vLLM, llama.cpp server, ...)."""

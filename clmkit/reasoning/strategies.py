@@ -1,6 +1,8 @@
 """Prompting strategies: how a model is asked one benchmark item. `STRATEGIES[name](model, item)`.
 
     direct  the question and the answer format, answer at once
+    direct-ll  the direct prompt, answered by log-likelihood of each choice, no generation
+            (lm-eval's `loglikelihood`; acc and acc_norm; clmkit/reasoning/loglik.py)
     cot     zero-shot chain of thought (Kojima et al. 2022): "Let's think step by step.", then a
             second call "Therefore, the answer (...) is" to read the answer off the reasoning
     re2     re-reading (Xu et al., EMNLP 2024) with CoT:
@@ -9,6 +11,8 @@
             derivations and backtrack past a contradiction (clmkit/reasoning/coin.py)
     agent   the Causal Agent idea: the LM describes the problem in a fixed format and calls the
             exact causal engine as a tool in a ReAct loop (clmkit/reasoning/agent.py)
+    jrt     JRT-Prompt (Arora et al. 2024): the whole input read twice, then a direct answer
+            (clmkit/prompting/jrt.py)
     solver  no LM: the exact engine reads the formal benchmarks (CLadder, Corr2Cause, CounterBench,
             axiomatic, CaLM's CLadder-style tasks); anything else, or an unreadable row, is unparsed
 
@@ -36,6 +40,7 @@ class Attempt:
     output: str  # the text the answer is extracted from
     prediction: Any = None  # set when the strategy itself decided the answer
     steps: list[dict] = field(default_factory=list)  # {"prompt": ..., "response": ...} per model call
+    prediction_norm: Any = None  # direct-ll: the answer by length-normalised log-likelihood (acc_norm)
 
 
 def ask(model: TextModel, attempt: Attempt, prompt: str, max_new_tokens: int, stop: list[str] | None = None) -> str:
@@ -145,12 +150,24 @@ def _coin(model: TextModel, item: TaskItem, **options) -> Attempt:
     return coin(model, item, **options)
 
 
+def _direct_ll(model: TextModel, item: TaskItem) -> Attempt:
+    from clmkit.reasoning.loglik import direct_ll
+
+    return direct_ll(model, item)
+
+
 def _agent(model: TextModel, item: TaskItem, **options) -> Attempt:
     from clmkit.reasoning.agent import agent
 
     return agent(model, item, **options)
 
 
+def _jrt(model: TextModel, item: TaskItem) -> Attempt:
+    from clmkit.prompting.jrt import jrt
+
+    return jrt(model, item)
+
+
 Strategy = Callable[[TextModel, TaskItem], Attempt]
-STRATEGIES: dict[str, Strategy] = {"direct": direct, "cot": cot, "re2": re2, "coin": _coin, "agent": _agent,
-                                   "solver": solver}
+STRATEGIES: dict[str, Strategy] = {"direct": direct, "direct-ll": _direct_ll, "cot": cot, "re2": re2, "coin": _coin, "agent": _agent,
+                                   "solver": solver, "jrt": _jrt}

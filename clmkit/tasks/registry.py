@@ -36,6 +36,7 @@ TASKS: dict[str, Callable[[], list[TaskItem]]] = {
     "corr2cause": _lazy("clmkit.tasks.corr2cause:load"),
     "counterbench": _lazy("clmkit.tasks.counterbench:load"),
     "axiomatic": _lazy("clmkit.tasks.axiomatic:generate", n=AXIOMATIC_N, seed=AXIOMATIC_SEED),
+    "gsm8k": _lazy("clmkit.tasks.gsm8k:load"),  # math word problems (RE2's own suite), not causal
 }
 
 

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from clmkit.causal.counterfactual import SCM, InconsistentEvidenceError, Literal, Mechanism, counterfactual
-from clmkit.causal.graph import CycleError, GraphError
+from clmkit.causal.counterfactual import (
+    SCM,
+    InconsistentEvidenceError,
+    Literal,
+    Mechanism,
+    MultipleSolutionsError,
+    NoSolutionError,
+    counterfactual,
+)
+from clmkit.causal.graph import GraphError
 from clmkit.causal.solve import parse_counterbench_rules, solve_counterbench
 
 
@@ -36,12 +44,38 @@ def test_inconsistent_evidence_and_bad_models():
     scm = SCM([m("B", "A")])
     with pytest.raises(InconsistentEvidenceError):
         counterfactual(scm, {"A": True, "B": False}, {}, "B")
-    with pytest.raises(CycleError):
-        SCM([m("B", "A"), m("A", "B")])
     with pytest.raises(GraphError, match="two mechanisms"):
         SCM([m("B", "A"), m("B", "C")])
     with pytest.raises(GraphError):
         counterfactual(scm, {}, {"Q": True}, "B")
+
+
+def test_cyclic_rules_are_solved_as_a_system():
+    # A -> B <-> C: B := A and not C, C := B or D. With A = yes: B = not C and C = B or D, so
+    # D = no forces B = not B ... no world; D = yes gives C = yes, B = no (one world).
+    scm = SCM([m("B", "A", "not C"), m("C", "B", "D", gate="or")])
+    assert scm.exogenous == ["A", "D"] and scm.cycles == [["B", "C"]]
+    assert scm.solutions({"A": True, "D": True}) == [{"A": True, "D": True, "B": False, "C": True}]
+    assert scm.solutions({"A": True, "D": False}) == []
+    assert len(scm.solutions({"A": False, "D": False})) == 1  # B = no, C = no
+    # Abduction keeps only backgrounds with a world: observing A leaves D = yes, so C = yes.
+    assert counterfactual(scm, {"A": True}, {}, "C") is True
+    # Prediction in the supposed world: do(C = no) cuts the cycle; B = A.
+    assert counterfactual(scm, {"A": True}, {"C": False}, "B") is True
+    # A supposition under which the equations have no solution is inconsistent ...
+    with pytest.raises(NoSolutionError, match="no solutions under do"):
+        counterfactual(scm, {"A": True}, {"D": False}, "C")
+    # ... and one they solve twice (X := Y, Y := X) leaves the world open: no answer.
+    loop = SCM([m("X", "Y"), m("Y", "X"), m("Z", "X", "W")])
+    with pytest.raises(MultipleSolutionsError):
+        counterfactual(loop, {"W": True}, {}, "Z")
+    # Observing X picks one factual world, but the supposed world must be unique on its own:
+    with pytest.raises(MultipleSolutionsError, match="2 solutions under do"):
+        counterfactual(loop, {"X": True, "W": True}, {"W": False}, "Z")
+    assert counterfactual(loop, {"X": True, "W": True}, {"Y": False}, "Z") is False  # do(Y) cuts the loop: X = no
+    self_loop = SCM([m("S", "S")])
+    with pytest.raises(MultipleSolutionsError):
+        self_loop.evaluate({})
 
 
 def test_rule_parser_reads_every_clause_shape():
@@ -99,7 +133,14 @@ def test_too_many_root_causes_is_refused():
     ("Would Lumbo occur if Ziklo were purple?", "We know that Ziklo causes Lumbo.", "unparsed"),
     ("Would Lumbo occur if not Ziklo instead of Blaf?", "We know that Ziklo causes Lumbo.", "unparsed"),
     ("Would Qux occur if not Ziklo instead of Ziklo?", "We know that Ziklo causes Lumbo.", "unparsed"),
-    ("Would Lumbo occur if not Ziklo instead of Ziklo?", "We know that Ziklo causes Blaf, Blaf causes Ziklo, Blaf causes Lumbo.", "inconsistent"),
+    # cyclic rules: a system of equations, answered only when each world is its only solution
+    ("Would Lumbo occur if not Ziklo instead of Ziklo?", "We know that Ziklo causes Blaf, Blaf causes Ziklo, Blaf causes Lumbo.", "ok"),
+    ("Would Lumbo occur if not Ziklo instead of Ziklo?", "We know that Ziklo causes Lumbo, Blaf causes not Vork, and Vork causes Blaf.", "inconsistent"),
+    ("Would Lumbo occur if not Ziklo instead of Ziklo?", "We know that Ziklo causes Lumbo, Blaf causes Vork, and Vork causes Blaf.", "undetermined"),
+    # closed world: a supposed or observed variable no rule mentions is an isolated root; an unmentioned outcome is not readable
+    ("Assume not Ziklo, and based on this assumption, further suppose not Melf. Would Lumbo occur?", "We know that Ziklo causes Lumbo.", "ok"),
+    ("Would Lumbo occur if not Ziklo instead of Ziklo?", "We know that Ziklo or Trune causes Lumbo. We observed Melf", "undetermined"),
+    ("Would Lumbo occur if not Melf instead of Melf?", "We know that Ziklo causes Lumbo. We observed Ziklo", "ok"),
     ("Would Lumbo occur if not Ziklo and not Blaf?", "We know that Ziklo and Blaf together cause Lumbo, Trune causes Blaf.", "ok"),
     ("Would Lumbo occur if not Ziklo instead of Ziklo?", "We know that Ziklo or Trune causes Lumbo.", "undetermined"),
 ])

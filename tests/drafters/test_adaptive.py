@@ -155,15 +155,6 @@ def test_greedy_parity_other_orders_and_budgets(tiny_llama):
             assert_greedy_parity(tiny_llama, drafter, prompt, max_new_tokens=32)
 
 
-@pytest.fixture
-def one_thread():
-    """20,000 tiny forwards: intra-op threads only add sync overhead on a shared 2-core CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_sampling_lossless(memo_pair):
     # Low min_prob: the tree keeps uncertain branches, so rejections and residuals are exercised.
     target, _ = memo_pair

@@ -11,7 +11,10 @@ from clmkit.drafters import available, budget_options, make_drafter, takes_draft
 from clmkit.sampling import Sampling
 from tests.drafters.harness import assert_greedy_parity, assert_sampling_lossless
 
-DRAFTERS = available()
+from clmkit.train import trainable
+
+# Trained drafters (issue 10) need a checkpoint and the target's hidden states: tests/train/test_trained_drafters.py.
+DRAFTERS = [name for name in available() if name not in trainable()]
 
 
 def wide(name: str) -> dict:

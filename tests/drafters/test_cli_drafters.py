@@ -14,7 +14,7 @@ runner = CliRunner()
 
 @pytest.fixture
 def tiny_cli(tiny_llama, monkeypatch):
-    monkeypatch.setattr("clmkit.models.load", lambda name: tiny_llama)
+    monkeypatch.setattr("clmkit.models.load", lambda name, **backend: tiny_llama)
     return tiny_llama
 
 

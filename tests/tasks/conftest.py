@@ -7,16 +7,13 @@ import pytest
 
 @pytest.fixture
 def require_data():
-    """require_data("cladder", "cladder_public.csv") -> the path, or skip the test."""
-    from clmkit.data import data_dir
+    """require_data("cladder", "cladder_public.csv") -> the path, or skip the test naming CLMKIT_DATA."""
+    from clmkit.data import data_path
 
     def check(*parts: str):
         try:
-            path = data_dir().joinpath(*parts)
-        except FileNotFoundError:
-            pytest.skip("benchmark data not found (set CLMKIT_DATA)")
-        if not path.exists():
-            pytest.skip(f"benchmark data file not found: {path}")
-        return path
+            return data_path(*parts)
+        except FileNotFoundError as e:
+            pytest.skip(f"real benchmark data not available ({e}); set CLMKIT_DATA to the shared/data folder")
 
     return check

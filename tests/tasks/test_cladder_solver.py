@@ -58,6 +58,38 @@ def test_deterministic_counterfactual():
     assert solve(PREAMBLE + story + "Would an individual is xevu if rixq instead of not rixq?").answer == "no"
 
 
+# The diamondcut story in CLadder's words: V1 = swoq, X = kwox, V3 = muvy, Y = kwoz.
+DIAMONDCUT = ("Swoq has a direct effect on muvy and kwox. Kwox has a direct effect on kwoz. Muvy has a direct effect "
+              "on kwoz. We know that swoq causes {consequents}. kwox and muvy causes kwoz. We observed an individual "
+              "is swoq. Would an individual is kwoz if kwox instead of not kwox?")
+
+
+@pytest.mark.parametrize("consequents, answer", [
+    ("not kwox and muvy", "no"),     # muvy := not swoq = no, so kwoz = kwox and muvy = no
+    ("not kwox and not muvy", "no"),  # the same rule written out
+    ("kwox and muvy", "yes"),        # no negation: muvy := swoq = yes
+    ("kwox and not muvy", "no"),     # negation on the second consequent only: muvy := not swoq
+])
+def test_a_negated_consequent_list_negates_every_consequent(consequents, answer):
+    """CLadder's "A causes not B and C" means B := not A and C := not A (its labels follow this
+    reading; CounterBench keeps the narrow one, tests/causal/test_counterfactual.py)."""
+    assert solve(PREAMBLE + DIAMONDCUT.format(consequents=consequents)).answer == answer
+
+
+def test_negation_inside_the_first_noun_phrase_spreads_too():
+    # "the private not shooting" states the private's value 0 (its value-1 noun is "the private
+    # shooting"); the corporal's rule is negated with it.
+    story = ("The captain has a direct effect on the private and the corporal. The private has a direct effect on "
+             "prisoner. The corporal has a direct effect on prisoner. We know that the captain's order causes the "
+             "private not shooting and the corporal shooting. the private shooting or the corporal shooting causes "
+             "the prisoner's death. Would the prisoner is dead if the captain's order instead of the captain's "
+             "release?")
+    assert solve(PREAMBLE + story).answer == "no"
+    narrow = story.replace("the private not shooting and the corporal shooting",
+                           "the corporal shooting and the private not shooting")
+    assert solve(PREAMBLE + narrow).answer == "yes"  # negation on the second phrase: the corporal shoots
+
+
 @pytest.mark.parametrize("prompt, reason", [
     ("The sky is blue. What is the weather like?", "no 'has a direct effect on'"),
     (PREAMBLE + "Apple has a direct effect on banana. Banana has a direct effect on apple. Is the chance of banana "
@@ -115,21 +147,34 @@ def test_ate_on_random_confounded_stories(x, z, y, p, increase):
     assert s.answer == expected
 
 
+# Rows of cladder_public.csv (by id) the solver does not answer as the gold does, by reason
+# (docs/reasoning.md, "Every miss, investigated", explains each group).
+ROUNDING_SENSITIVE = [1888, 10904, 16424, 19488, 24960]  # flagged Solution.rounding_sensitive
+NOT_IDENTIFIED_FROM_GIVEN_TERMS = [14744, 25288, 25888]   # arrowhead NDE, confounded ETT
+UNREAD_WORD_MEANING = [9840, 9872, 10048, 10352, 10376, 20016]  # counterfactuals: unparsed, never guessed
+
+
 def test_accuracy_on_the_public_file(require_data):
     path = require_data("cladder", "cladder_public.csv")
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     outcome = Counter()
     by_type: dict[str, Counter] = {}
+    misses: dict[str, list[int]] = {"wrong": [], "unparsed": []}
     for row in rows:
         s = solve(row["prompt"])
         result = "unparsed" if s.answer is None else ("ok" if s.answer == row["label"] else "wrong")
         outcome[result] += 1
         by_type.setdefault(row["query_type"], Counter())[result] += 1
+        if result != "ok":
+            misses[result].append(int(row["id"]))
+        if int(row["id"]) in ROUNDING_SENSITIVE:
+            assert s.rounding_sensitive, row["id"]
         if s.answer is None:
             assert s.reason  # every unparsed row says why
+    assert sorted(misses["wrong"]) == sorted(ROUNDING_SENSITIVE + NOT_IDENTIFIED_FROM_GIVEN_TERMS)
+    assert sorted(misses["unparsed"]) == UNREAD_WORD_MEANING
     accuracy = outcome["ok"] / len(rows)
-    assert accuracy >= 0.95, (accuracy, outcome)
-    assert outcome["unparsed"] <= 0.02 * len(rows)
+    assert accuracy >= 0.98, (accuracy, outcome)
     for query_type, c in by_type.items():
         assert c["ok"] / sum(c.values()) >= 0.85, (query_type, c)

@@ -1,0 +1,296 @@
+"""The llama.cpp backend: a GGUF model through llama-cpp-python's low-level C API.
+
+A tree is ONE `llama_batch`: node i carries its token, its position (prefix + depth) and the sequence
+id of every leaf path through it, and asks for its logits. llama.cpp's attention lets a token see the
+cached tokens that share one of its sequence ids at earlier positions, so each node sees exactly the
+committed prefix and its own ancestors — tree attention without a mask (llama.cpp's own
+speculative-tree example works this way). The prefix is tagged with every leaf's id first
+(`llama_memory_seq_cp`, free with a unified KV cache: cells just gain an id).
+
+After verification the accepted path lies on the path of some leaf k: drop every other leaf's id
+(`seq_rm(id, -1, -1)`), cut leaf k's sequence after the path (`seq_rm(k, prefix + m, -1)`), and leaf k's
+id becomes the sequence's id. No KV data moves.
+
+Limits: one tree may use at most n_seq_max sequence ids, one per leaf (llama.cpp caps n_seq_max at 256;
+default here 64). The KV cache (n_ctx tokens) is shared by every open sequence and batch row.
+Hidden states are not exposed: drafters that read the target's features need the torch backend.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clmkit.backends import register, tree_leaves
+from clmkit.errors import ClmkitError, InputError, ModelLoadError
+from clmkit.tree import TokenTree
+
+# The one install line for the backend (also in the Makefile and docs/backends.md): a portable AVX2 build,
+# no server/examples/tools; ~20 min on 2 cores the first time, then pip's wheel cache makes it instant.
+CMAKE_ARGS = ("-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON "
+              "-DGGML_BMI2=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF "
+              "-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_APP=OFF")
+INSTALL = f'CMAKE_ARGS="{CMAKE_ARGS}" pip install "llama-cpp-python==0.3.36"   (or: make setup)'
+
+
+def llama_lib():
+    """The llama_cpp module, or a clear error with the install command."""
+    try:
+        import llama_cpp
+    except ImportError as e:
+        raise ModelLoadError(f"the llama.cpp backend needs llama-cpp-python ({e}); install it with: {INSTALL}") from None
+    return llama_cpp
+
+
+_QUIET = None  # the log callback must outlive the library's use of it
+
+
+def _silence(lib) -> None:
+    global _QUIET
+    if _QUIET is None:
+        _QUIET = lib.llama_log_callback(lambda level, text, data: None)
+        lib.llama_log_set(_QUIET, ctypes.c_void_p(0))
+        lib.llama_backend_init()
+
+
+class LlamaCppBackend:
+    name = "llama.cpp"
+    # Top-2 logit gap below which a greedy divergence from plain decoding is excused as rounding: the
+    # quantized kernels give a 1-token decode and a multi-token batch logits up to ~0.45 apart on the
+    # shipped Q4_1 GGUF (measured; docs/backends.md). torch's is clmkit.parity.NEAR_TIE.
+    near_tie = 0.5
+
+    def __init__(self, gguf: Path, n_ctx: int = 8192, n_seq_max: int = 64, n_batch: int = 512,
+                 n_threads: int | None = None, flash_attn: bool = False):
+        lib = self.lib = llama_lib()
+        _silence(lib)
+        gguf = Path(gguf)
+        if not gguf.is_file():
+            raise ModelLoadError(f"GGUF file not found: {gguf}")
+        with gguf.open("rb") as f:
+            if f.read(4) != b"GGUF":
+                raise ModelLoadError(f"{gguf} is not a GGUF file (bad magic bytes): corrupt or incomplete download?")
+        if not 1 <= n_seq_max <= 256:
+            raise InputError(f"n_seq_max must be in [1, 256] (llama.cpp's limit), got {n_seq_max}")
+        mparams = lib.llama_model_default_params()
+        self.model = lib.llama_model_load_from_file(str(gguf).encode(), mparams)
+        if not self.model:
+            raise ModelLoadError(f"llama.cpp could not load {gguf} (unsupported architecture or damaged file; "
+                                 "try --backend torch)")
+        self.vocab = lib.llama_model_get_vocab(self.model)
+        self.vocab_size = lib.llama_vocab_n_tokens(self.vocab)
+        self.context_length = min(lib.llama_model_n_ctx_train(self.model), n_ctx)
+        self.eos_token_ids = {t for t in range(self.vocab_size) if lib.llama_vocab_is_eog(self.vocab, t)}
+        self.n_batch = n_batch
+        threads = n_threads or torch.get_num_threads() or os.cpu_count() or 1
+        cparams = lib.llama_context_default_params()
+        cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = self.context_length, n_batch, n_batch
+        cparams.n_seq_max, cparams.kv_unified = n_seq_max, True  # unified: a seq_cp only tags cells
+        cparams.n_threads = cparams.n_threads_batch = threads
+        cparams.no_perf = True
+        # llama-cpp-python's own default (the benchmark anchor): flash attention rounds differently
+        cparams.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        self.ctx = lib.llama_init_from_model(self.model, cparams)
+        if not self.ctx:
+            lib.llama_model_free(self.model)
+            raise ModelLoadError(f"llama.cpp could not create a context for {gguf} (n_ctx={self.context_length})")
+        self.mem = lib.llama_get_memory(self.ctx)
+        self.max_leaves = self.max_rows = n_seq_max
+        self.free_ids = list(range(n_seq_max))
+        self.batch_buf = lib.llama_batch_init(max(n_batch, n_seq_max), 0, n_seq_max)
+
+    def __del__(self):
+        lib = getattr(self, "lib", None)
+        if lib is None or not getattr(self, "ctx", None):
+            return
+        try:
+            lib.llama_batch_free(self.batch_buf)
+            lib.llama_free(self.ctx)
+            lib.llama_model_free(self.model)
+        except Exception:  # interpreter shutdown: the library may already be gone
+            pass
+
+    # -- sequence ids ----------------------------------------------------------------------------
+
+    def take_ids(self, n: int, why: str) -> list[int]:
+        if n > len(self.free_ids):
+            raise InputError(f"{why} needs {n} llama.cpp sequence ids but only {len(self.free_ids)} of n_seq_max="
+                             f"{self.max_leaves} are free; use a smaller tree (--tree-budget) or load with a larger n_seq_max")
+        taken, self.free_ids = self.free_ids[:n], self.free_ids[n:]
+        return taken
+
+    def give_ids(self, ids: list[int]) -> None:
+        for i in ids:
+            self.lib.llama_memory_seq_rm(self.mem, i, -1, -1)
+        self.free_ids.extend(ids)
+
+    # -- decoding --------------------------------------------------------------------------------
+
+    def decode(self, tokens: list[int], positions: list[int], seq_ids: list[list[int]], logits: list[bool]) -> torch.Tensor:
+        """One llama_decode per n_batch tokens; the logits [k, vocab] of the k tokens that asked for them."""
+        out = []
+        for start in range(0, len(tokens), self.n_batch):
+            b = self.batch_buf
+            end = min(start + self.n_batch, len(tokens))
+            for j, i in enumerate(range(start, end)):
+                b.token[j], b.pos[j], b.logits[j] = tokens[i], positions[i], logits[i]
+                b.n_seq_id[j] = len(seq_ids[i])
+                for k, s in enumerate(seq_ids[i]):
+                    b.seq_id[j][k] = s
+            b.n_tokens = end - start
+            rc = self.lib.llama_decode(self.ctx, b)
+            if rc == 1:
+                raise ClmkitError(f"the llama.cpp KV cache is full ({self.context_length} tokens shared by all open "
+                                  "sequences): fewer or shorter sequences, or load with a larger n_ctx")
+            if rc != 0:
+                raise ClmkitError(f"llama_decode failed with code {rc}")
+            for j, i in enumerate(range(start, end)):
+                if logits[i]:
+                    ptr = self.lib.llama_get_logits_ith(self.ctx, j)
+                    out.append(torch.from_numpy(np.ctypeslib.as_array(ptr, shape=(self.vocab_size,)).copy()))
+        return torch.stack(out)
+
+    def sequence(self, capacity: int) -> "LlamaSequence":
+        return LlamaSequence(self)
+
+    def batch(self, capacity: int) -> "LlamaBatch":
+        return LlamaBatch(self)
+
+
+class LlamaSequence:
+    def __init__(self, backend: LlamaCppBackend):
+        self.b = backend
+        [self.seq] = backend.take_ids(1, "a sequence")
+        self.length = 0
+        self.hidden_states = None
+        self._extra: list[int] = []  # the tree's borrowed leaf ids, until keep
+        self._leaf_ids: list[list[int]] = []  # per node: the seq ids of the leaves below it
+
+    def prefill(self, ids: list[int], hidden: bool = False) -> torch.Tensor:
+        _no_hidden(hidden)
+        n = len(ids)
+        logits = self.b.decode(ids, list(range(self.length, self.length + n)), [[self.seq]] * n, [False] * (n - 1) + [True])
+        self.length += n
+        return logits[-1]
+
+    def tree(self, tree: TokenTree, hidden: bool = False) -> torch.Tensor:
+        _no_hidden(hidden)
+        leaves = tree_leaves(tree)
+        if len(leaves) > self.b.max_leaves:
+            raise InputError(f"a draft tree with {len(leaves)} leaves exceeds the llama.cpp backend's limit of "
+                             f"{self.b.max_leaves} (n_seq_max): use a smaller tree (--tree-budget) or a larger n_seq_max")
+        self._extra = self.b.take_ids(len(leaves) - 1, f"a draft tree with {len(leaves)} leaves")
+        leaf_seq = dict(zip(leaves, [self.seq, *self._extra]))
+        for s in self._extra:  # every leaf path sees the committed prefix
+            self.b.lib.llama_memory_seq_cp(self.b.mem, self.seq, s, -1, -1)
+        below: list[list[int]] = [[leaf_seq[i]] if i in leaf_seq else [] for i in range(len(tree))]
+        parents = tree.parents.tolist()
+        for i in range(len(tree) - 1, 0, -1):  # children come after parents: gather bottom-up
+            below[parents[i]] = below[i] + below[parents[i]]
+        self._leaf_ids = below
+        positions = (self.length + tree.depth).tolist()
+        return self.b.decode(tree.tokens.tolist(), positions, below, [True] * len(tree))
+
+    def keep(self, path: list[int]) -> None:
+        keeper = self._leaf_ids[path[-1]][0]  # a leaf sequence through the last accepted node
+        lib, mem = self.b.lib, self.b.mem
+        for s in [self.seq, *self._extra]:
+            if s != keeper:
+                lib.llama_memory_seq_rm(mem, s, -1, -1)
+        lib.llama_memory_seq_rm(mem, keeper, self.length + len(path), -1)
+        self.b.free_ids.extend(s for s in [self.seq, *self._extra] if s != keeper)
+        self.seq, self._extra, self._leaf_ids = keeper, [], []
+        self.length += len(path)
+
+    def truncate(self, length: int) -> None:
+        if self._extra:  # a tree was verified but not kept: drop its extra leaves
+            self.b.give_ids(self._extra)
+            self._extra = []
+        self.b.lib.llama_memory_seq_rm(self.b.mem, self.seq, length, -1)
+        self.length = min(self.length, length)
+
+    def close(self) -> None:
+        if self.seq is not None:
+            self.b.give_ids([self.seq, *self._extra])
+            self.seq, self._extra = None, []
+
+
+class LlamaBatch:
+    """One sequence id per row; a step is one llama_batch holding one token per stepping row."""
+
+    def __init__(self, backend: LlamaCppBackend):
+        self.b = backend
+        self.rows: dict[int, list[int]] = {}  # row -> [seq id, length]
+
+    def add(self, ids: list[int]) -> tuple[int, torch.Tensor]:
+        [seq] = self.b.take_ids(1, "a batch row")
+        n = len(ids)
+        try:
+            logits = self.b.decode(ids, list(range(n)), [[seq]] * n, [False] * (n - 1) + [True])
+        except ClmkitError:
+            self.b.give_ids([seq])
+            raise
+        self.rows[seq] = [seq, n]
+        return seq, logits[-1]
+
+    def step(self, tokens: dict[int, int]) -> dict[int, torch.Tensor]:
+        unknown = set(tokens) - set(self.rows)
+        if unknown:
+            raise ValueError(f"batch rows {sorted(unknown)} are not in this batch")
+        rows = list(tokens)
+        logits = self.b.decode([tokens[r] for r in rows], [self.rows[r][1] for r in rows], [[r] for r in rows],
+                               [True] * len(rows))
+        for r in rows:
+            self.rows[r][1] += 1
+        return dict(zip(rows, logits))
+
+    def drop(self, row: int) -> None:
+        self.rows.pop(row)
+        self.b.give_ids([row])
+
+
+def _no_hidden(hidden: bool) -> None:
+    if hidden:
+        raise InputError("the llama.cpp backend does not expose hidden states; drafters that read the target's "
+                         "features need --backend torch")
+
+
+@register("llama.cpp")
+def make(gguf: Path, **options) -> LlamaCppBackend:
+    return LlamaCppBackend(gguf, **options)
+
+
+def load_llamacpp(gguf: Path, name: str, chat: bool | None, tokenizer_dir: Path, **options):
+    """A Model whose forwards run in llama.cpp: the tokenizer from HF (read from the GGUF once and saved),
+    no torch weights (model.module is a NoTorchWeights stand-in)."""
+    from clmkit.models import Model, NoTorchWeights, cache_dir
+
+    backend = LlamaCppBackend(gguf, **options)
+    tokenizer = _tokenizer(gguf, tokenizer_dir, cache_dir() / "tokenizers" / tokenizer_dir.name)
+    if chat is None:
+        chat = getattr(tokenizer, "chat_template", None) is not None
+    return Model(name=name, module=NoTorchWeights(name, "llama.cpp"), tokenizer=tokenizer, source=gguf, chat=chat,
+                 backend=backend)
+
+
+def _tokenizer(gguf: Path, converted: Path, saved: Path):
+    """The HF tokenizer: from the torch backend's converted copy or an earlier save, else read from the
+    GGUF's metadata (a few seconds, no weights) and saved for next time."""
+    from transformers import AutoTokenizer
+
+    for folder in (converted, saved):
+        if (folder / "tokenizer_config.json").is_file():
+            return AutoTokenizer.from_pretrained(folder)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except Exception as e:
+        raise ModelLoadError(f"could not read the tokenizer from {gguf}: {type(e).__name__}: {e}") from e
+    try:
+        tokenizer.save_pretrained(saved)
+    except OSError:
+        pass  # an unwritable cache only costs the re-read next time
+    return tokenizer

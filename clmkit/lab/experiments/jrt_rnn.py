@@ -1,0 +1,165 @@
+"""JRT-RNN: *Just read twice: closing the recall gap for recurrent language models* (Arora et al., 2024).
+
+A recurrent LM (here: linear attention, whose state is a fixed d x d matrix) must decide what to keep
+of the context while reading it once, left to right, before it knows the question: on associative
+recall ("k1:v1 k2:v2 ... ? kq:" -> vq) it falls behind softmax attention as the number of pairs
+grows. The paper's two fixes:
+  JRT-Prompt  repeat the context (and question) in the prompt, so the second read knows what matters
+  JRT-RNN     prefix linear attention: the prompt is read non-causally (every prompt position sees the
+              whole prompt's state), the answer decoded causally from there
+Variants (same GPT, linear attention in every layer unless noted, same steps):
+  linear attn           causal linear attention, plain prompt
+  linear attn + JRT-Prompt  the same model, the context repeated twice at train and test time
+  JRT-RNN               prefix (non-causal) linear attention over the prompt, causal after it
+  softmax attn          the transformer reference
+Measured: recall accuracy (the value token is the argmax) by number of key-value pairs, trained on
+a mixture of lengths.
+Simplified: linear attention with the elu+1 feature map is computed in its (mathematically equal)
+quadratic masked form rather than as a recurrence, and the paper's separate encoder/decoder
+projections are shared; models are a few M parameters instead of 360M-1.3B.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from clmkit.lab.corpora import default_tokenizer, kv_recall
+from clmkit.lab.experiments import Context, Result, register
+from clmkit.lab.experiments._common import Size, fit, gpt_config, save, subplots
+from clmkit.lab.model import GPT, lm_loss
+from clmkit.lab.objectives import IGNORE, pad_stack, py_rng
+
+PAIRS_TRAIN = (4, 8, 16, 24)
+PAIRS_TEST = (4, 8, 16, 24, 32)
+
+
+@dataclass
+class Config:
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 1e-3
+    test_items: int = 200  # per number of pairs
+
+
+class LinearAttention(nn.Module):
+    """Linear attention, out_t = sum_s M[t,s] phi(q_t).phi(k_s) v_s / sum_s M[t,s] phi(q_t).phi(k_s),
+    phi = elu + 1. Under a causal mask M this is a recurrent LM (state sum_s phi(k_s) v_s^T); under
+    the prefix mask the prompt reads the whole prompt's state: prefix linear attention (JRT-RNN)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.n_head = c.n_head
+        self.q = nn.Linear(c.n_embd, c.n_embd, bias=False)
+        self.kv = nn.Linear(c.n_embd, 2 * c.n_embd, bias=False)
+        self.proj = nn.Linear(c.n_embd, c.n_embd, bias=False)
+
+    def forward(self, x, mask, rope=None, memory=None):
+        B, T, C = x.shape
+        q = F.elu(self.q(x).view(B, T, self.n_head, -1).transpose(1, 2)) + 1
+        k, v = self.kv(x).view(B, T, 2, self.n_head, -1).permute(2, 0, 3, 1, 4)
+        k = F.elu(k) + 1
+        scores = (q @ k.transpose(-1, -2)) * mask  # (B, H, T, T), no softmax: linear in the state
+        y = (scores @ v) / scores.sum(-1, keepdim=True).clamp(min=1e-6)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+def build(tok, size: Size, variant: str) -> GPT:
+    model = GPT(gpt_config(tok, size, attention="prefix" if variant == "JRT-RNN" else "causal"))
+    if variant != "softmax attn":
+        for block in model.blocks:
+            block.attn = LinearAttention(model.config)
+    return model
+
+
+def layout(tok, item: dict, repeat: bool) -> tuple[list[int], int]:
+    """(row, prompt length): prompt tokens (the context twice for JRT-Prompt), then the answer token."""
+    context, question = item["prompt"].split(" ? ")
+    prompt = f"{context} {context} ? {question}" if repeat else item["prompt"]
+    ids = tok.encode(prompt)
+    return ids + tok.encode(item["answer"]), len(ids)
+
+
+def recall_batch(tok, items: list[dict], variant: str):
+    rows, prompts = zip(*(layout(tok, it, variant.endswith("JRT-Prompt")) for it in items))
+    inputs = pad_stack([r[:-1] for r in rows], tok.pad)
+    targets = torch.full_like(inputs, IGNORE)
+    for i, (row, p) in enumerate(zip(rows, prompts)):
+        targets[i, p - 1:len(row) - 1] = torch.tensor(row[p:])  # the answer's tokens only
+    pad = pad_stack([[0] * (len(r) - 1) for r in rows], 1).bool()
+    prefix = torch.tensor(prompts) if variant == "JRT-RNN" else None
+    return inputs, targets, pad, prefix
+
+
+def recall_loss(model, batch) -> torch.Tensor:
+    inputs, targets, pad, prefix = batch
+    return lm_loss(model(inputs, pad=pad, prefix_len=prefix), targets)
+
+
+def recall_accuracy(model, tok, items: list[dict], variant: str, device: str, chunk: int = 50) -> float:
+    correct = 0
+    for i in range(0, len(items), chunk):
+        inputs, targets, pad, prefix = recall_batch(tok, items[i:i + chunk], variant)
+        with torch.no_grad():
+            logits = model(inputs.to(device), pad=pad.to(device), prefix_len=None if prefix is None else prefix.to(device))
+        scored = targets != IGNORE
+        hit = (logits.argmax(-1).cpu() == targets) | ~scored
+        correct += int(hit.all(-1).sum())
+    return correct / len(items)
+
+
+class Batches:
+    """Training items: a fresh kv-recall item per row, the number of pairs drawn from PAIRS_TRAIN."""
+
+    def __init__(self, tok, variant: str, batch_size: int):
+        self.tok, self.variant, self.batch_size = tok, variant, batch_size
+
+    def __call__(self, step, g):
+        rng = py_rng(g)
+        items = [kv_recall(1, rng.choice(PAIRS_TRAIN), seed=rng.randrange(2**31))[0] for _ in range(self.batch_size)]
+        return recall_batch(self.tok, items, self.variant)
+
+
+def to_device(batch, device):
+    return tuple(None if t is None else t.to(device) for t in batch)
+
+
+@register("jrt-rnn", paper="Just read twice: closing the recall gap for recurrent language models (Arora et al., 2024)",
+          claim="prefix linear attention (JRT-RNN) and repeating the context (JRT-Prompt) close the recall gap of recurrent LMs")
+def run(ctx: Context) -> Result:
+    cfg = Config()
+    size = Size.for_ctx(ctx, batch_size=cfg.batch_size)
+    size.block_size = 2 * 32 * 5 + 16  # a repeated 32-pair context fits (rows are padded to their own length)
+    tok = default_tokenizer()
+    steps = ctx.steps(cfg.steps)
+    n_test = ctx.count(cfg.test_items, 8)
+    tests = {n: kv_recall(n_test, n, seed=10_000 + n) for n in PAIRS_TEST}
+    rows, curves = [], {}
+    for variant in ("linear attn", "linear attn + JRT-Prompt", "JRT-RNN", "softmax attn"):
+        torch.manual_seed(ctx.seed)
+        model = build(tok, size, variant)
+        held_out = tests[PAIRS_TRAIN[1]][: max(8, n_test // 4)]
+        curves[variant] = fit(ctx, variant, model, Batches(tok, variant, size.batch_size), steps,
+                              lambda: 1 - recall_accuracy(model, tok, held_out, variant, ctx.device), cfg.lr, size.batch_size,
+                              loss_fn=lambda m, b: recall_loss(m, to_device(b, ctx.device)))
+        model.eval()
+        rows.append({"variant": variant, **{f"{n} pairs": round(recall_accuracy(model, tok, items, variant, ctx.device), 4)
+                                            for n, items in tests.items()}})
+
+    def figure(path):
+        fig, ax = subplots(figsize=(6.5, 3.6))
+        for r in rows:
+            ax.plot(PAIRS_TEST, [r[f"{n} pairs"] for n in PAIRS_TEST], marker="o", label=r["variant"])
+        ax.axvline(max(PAIRS_TRAIN), color="grey", lw=0.8, ls=":")
+        ax.set_xlabel("key-value pairs in the context (dotted: longest trained)")
+        ax.set_ylabel("recall accuracy")
+        ax.set_ylim(0, 1.02)
+        ax.legend(fontsize=8)
+        save(fig, path)
+
+    notes = [f"key-value recall (2-letter keys, digit values), trained on {PAIRS_TRAIN} pairs, {steps} steps x {size.batch_size}; "
+             f"{n_test} test items per length; GPT {size.n_layer}x{size.n_embd}; eval curve = 1 - recall at {PAIRS_TRAIN[1]} pairs"]
+    return Result(rows, curves, {"pairs_train": PAIRS_TRAIN}, figure, notes)

@@ -1,0 +1,62 @@
+"""JRT-RNN: the masked linear attention equals its recurrence (a fixed-size state), the prefix mask
+reads the whole prompt, JRT-Prompt repeats the context, the loss sees only the answer; smoke run."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from clmkit.lab.corpora import default_tokenizer, kv_recall
+from clmkit.lab.experiments import Context, run_experiment
+from clmkit.lab.experiments.jrt_rnn import LinearAttention, layout, recall_batch
+from clmkit.lab.model import GPTConfig, attention_mask
+from clmkit.lab.objectives import IGNORE
+
+
+def test_causal_linear_attention_is_a_recurrence():
+    torch.manual_seed(0)
+    c = GPTConfig(vocab_size=10, n_embd=16, n_head=2, n_layer=1)
+    attn = LinearAttention(c)
+    x = torch.randn(1, 7, 16)
+    out = attn(x, attention_mask("causal", 7))
+    q = F.elu(attn.q(x).view(1, 7, 2, 8)) + 1
+    k, v = attn.kv(x).view(1, 7, 2, 2, 8).unbind(2)
+    k = F.elu(k) + 1
+    S, z, ys = torch.zeros(2, 8, 8), torch.zeros(2, 8), []
+    for t in range(7):  # the recurrent form: a d x d state per head, updated once per token
+        S = S + k[0, t, :, :, None] * v[0, t, :, None, :]
+        z = z + k[0, t]
+        ys.append(torch.einsum("hd,hde->he", q[0, t], S) / (q[0, t] * z).sum(-1, keepdim=True))
+    torch.testing.assert_close(out[0], attn.proj(torch.stack(ys).reshape(7, 16)), rtol=1e-4, atol=1e-5)
+
+
+def test_prefix_mask_reads_the_whole_prompt():
+    torch.manual_seed(0)
+    attn = LinearAttention(GPTConfig(vocab_size=10, n_embd=16, n_head=2, n_layer=1))
+    x = torch.randn(1, 6, 16)
+    y = x.clone()
+    y[0, 3] += 1.0  # change a later prompt token
+    mask = attention_mask("prefix", 6, prefix_len=torch.tensor([4]))
+    assert not torch.allclose(attn(x, mask)[0, 0], attn(y, mask)[0, 0])  # position 0 sees it (non-causal)
+    causal = attention_mask("causal", 6)
+    torch.testing.assert_close(attn(x, causal)[0, 0], attn(y, causal)[0, 0])
+
+
+def test_jrt_prompt_layout_and_answer_only_loss():
+    tok = default_tokenizer()
+    item = kv_recall(1, 4, seed=3)[0]
+    plain, p = layout(tok, item, repeat=False)
+    twice, q = layout(tok, item, repeat=True)
+    context = item["prompt"].split(" ? ")[0]
+    assert tok.decode(twice[:q]).count(context) == 2 and plain[p:] == twice[q:] == tok.encode(item["answer"])
+    inputs, targets, pad, prefix = recall_batch(tok, [item], "JRT-RNN")
+    kept = (targets[0] != IGNORE).nonzero().flatten().tolist()
+    assert kept == [p - 1] and prefix.tolist() == [p]
+
+
+def test_smoke_run(tmp_path):
+    record = run_experiment("jrt-rnn", Context(scale=0.015, output=tmp_path, progress=False, tiny=True), command="test")
+    for variant, curve in record["curves"].items():
+        losses = curve["train_loss"]
+        assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5, f"{variant}: loss did not decrease"
+    assert [r["variant"] for r in record["rows"]][2] == "JRT-RNN"
