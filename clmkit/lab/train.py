@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from clmkit.errors import InputError
+from clmkit.files import atomic_write
 
 
 @dataclass
@@ -59,16 +59,10 @@ def batch_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
-def _atomic(path: Path, write: Callable[[str], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(str(tmp))
-    os.replace(tmp, path)
-
-
 def save_checkpoint(folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer | None, state: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic(folder / "model.safetensors", lambda p: save_file(weights, p))
+    atomic_write(folder / "model.safetensors", lambda p: save_file(weights, p))
     if opt is not None:
         flat, names = {}, {id(p): n for n, p in model.named_parameters()}
         for group in opt.param_groups:
@@ -79,8 +73,8 @@ def save_checkpoint(folder: Path, model: torch.nn.Module, opt: torch.optim.Optim
         flat["__rng__::cpu"] = torch.get_rng_state()
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             flat["__rng__::cuda"] = torch.cuda.get_rng_state()
-        _atomic(folder / "optimizer.safetensors", lambda p: save_file(flat, p))
-    _atomic(folder / "state.json", lambda p: Path(p).write_text(json.dumps(state, indent=1)))
+        atomic_write(folder / "optimizer.safetensors", lambda p: save_file(flat, p))
+    atomic_write(folder / "state.json", lambda p: Path(p).write_text(json.dumps(state, indent=1)))
 
 
 def load_checkpoint(folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer | None = None) -> dict:

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from clmkit.errors import InputError
+from clmkit.files import atomic_write
 from clmkit.models import Model
 
 
@@ -208,12 +209,9 @@ def save_checkpoint(folder, classifier: TokenClassifier, extra: dict | None = No
 
     os.makedirs(folder, exist_ok=True)
     weights = os.path.join(folder, "model.safetensors")
-    save_file({k: v.contiguous() for k, v in classifier.state_dict().items()}, weights + ".tmp")
-    os.replace(weights + ".tmp", weights)
-    config = os.path.join(folder, "config.json")
-    with open(config + ".tmp", "w", encoding="utf-8") as f:
-        json.dump({**asdict(classifier.config), **(extra or {})}, f, indent=2)
-    os.replace(config + ".tmp", config)
+    atomic_write(weights, lambda p: save_file({k: v.contiguous() for k, v in classifier.state_dict().items()}, p))
+    config = {**asdict(classifier.config), **(extra or {})}
+    atomic_write(os.path.join(folder, "config.json"), lambda p: p.write_text(json.dumps(config, indent=2), encoding="utf-8"))
 
 
 def load_classifier(folder) -> TokenClassifier:

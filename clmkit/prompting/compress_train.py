@@ -13,13 +13,13 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 
 import torch
 
 from clmkit.errors import InputError
+from clmkit.files import atomic_write
 from clmkit.models import Model
 from clmkit.prompting.chat import user_turn
 from clmkit.prompting.compress import (CompressorConfig, TokenClassifier, keep_labels, save_checkpoint, token_features,
@@ -145,9 +145,9 @@ def train(model: Model, out: Path, sources: list[str], limit: int = 120, epochs:
         history["val_token_accuracy"].append(val_acc)
         save_checkpoint(out, classifier, {"epochs_done": epoch + 1, "train_prompts": len(train_rows),
                                           "val_prompts": len(val), "sources": sources})
-        torch.save({"model": classifier.state_dict(), "optimizer": optimizer.state_dict(), "history": history,
-                    "epoch": epoch + 1, "rng": torch.get_rng_state()}, str(state_path) + ".tmp")
-        os.replace(str(state_path) + ".tmp", state_path)
+        state = {"model": classifier.state_dict(), "optimizer": optimizer.state_dict(), "history": history,
+                 "epoch": epoch + 1, "rng": torch.get_rng_state()}
+        atomic_write(state_path, lambda p: torch.save(state, p))
         (out / "losses.json").write_text(json.dumps(history, indent=2) + "\n", encoding="utf-8")
         if progress:
             progress.advance(epoch_task)

@@ -12,21 +12,15 @@ anything else is a clear InputError, not a shape error deep inside torch.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from clmkit.errors import InputError
+from clmkit.files import atomic_write
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "drafters" / "checkpoints"
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def config_path(weights: Path) -> Path:
@@ -41,8 +35,8 @@ def target_signature(model) -> dict:
 def save_checkpoint(weights: Path, module: torch.nn.Module, config: dict, dtype: torch.dtype = torch.float16) -> None:
     weights.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in module.state_dict().items()}
-    _atomic(weights, lambda p: save_file(tensors, str(p)))
-    _atomic(config_path(weights), lambda p: p.write_text(json.dumps(config, indent=1)))
+    atomic_write(weights, lambda p: save_file(tensors, str(p)))
+    atomic_write(config_path(weights), lambda p: p.write_text(json.dumps(config, indent=1)))
 
 
 def read_config(weights: Path) -> dict:
@@ -76,4 +70,4 @@ def shipped(method: str, model_name: str) -> Path:
 
 
 def save_state(path: Path, state: dict) -> None:
-    _atomic(path, lambda p: torch.save(state, p))
+    atomic_write(path, lambda p: torch.save(state, p))
