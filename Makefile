@@ -13,8 +13,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
 	# torch first, pinned: the CPU build; an unpinned torch pulls a multi-GB CUDA build
 	$(BIN)/pip install -q torch==2.13.0
-	# dev: test tools; ray: `clm eval causal --ray` (its tests); rectify: the default offensive-text detector
-	$(BIN)/pip install -q -e '.[dev,ray,rectify]'
+	# dev: test tools; ray: `clm eval causal --ray` (its tests); rectify: the default offensive-text detector; lexical: peft (LoRA) for `clm train lexical`
+	$(BIN)/pip install -q -e '.[dev,ray,rectify,lexical]'
 	# llama.cpp backend: llama-cpp-python builds from source (~20-30 min on 2 cores the first time; pip caches
 	# the wheel). Portable AVX2 build (Intel and AMD), no server/examples/tools.
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install -q -e '.[llamacpp]'

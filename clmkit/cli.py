@@ -32,6 +32,9 @@ register_eval_causal(eval_app)
 register_serve(app, bench_app)
 register_guide(app, bench_app)
 register_prompting(app, eval_app)  # clm eval code|recall|position-bias|judge|compress, clm train compressor
+from clmkit.bench.lexical import register as register_lexical_eval  # noqa: E402  (clm eval lexical: LUD's lossy mode)
+
+register_lexical_eval(eval_app)
 from clmkit.train.cli import register as register_train  # noqa: E402  (issue 10: clm train data|NAME)
 
 register_train(app)
@@ -287,6 +290,7 @@ def bench_speed(
     backend: str = typer.Option("torch", "--backend", help="Backend of the clmkit methods: torch or llama.cpp (auto: llama.cpp if installed)."),
     kernel: Optional[str] = typer.Option(None, "--kernel", help="torch backend: auto (measured), hf, onednn, onednn-bf16."),
     tune: bool = typer.Option(True, "--tune/--no-tune", help="Size drafter trees from this backend's measured verify cost (else drafter defaults)."),
+    retune: bool = typer.Option(False, "--retune", help="Measure the verify cost now even if this machine has a saved curve (clm bench verify-cost saves one)."),
 ):
     """Spec-Bench speed: tokens/s, speedup vs HF generate, MAT, acceptance, parity; JSON + Markdown + PNG."""
     from clmkit.bench.speed import run_speed
@@ -304,7 +308,7 @@ def bench_speed(
             options.setdefault(method, []).append(rest)
         parsed = {m: parse_options(items) for m, items in options.items()}
         run_speed(names, model, per_category, max_new_tokens, Sampling(temperature=temperature, seed=seed),
-                  draft_model, parsed, recycling_state, output, category or None, backend, kernel, tune)
+                  draft_model, parsed, recycling_state, output, category or None, backend, kernel, tune, retune)
 
 
 @bench_app.command("batch")

@@ -270,7 +270,7 @@ class Engine:
         hidden = getattr(drafter, "needs_hidden", False)  # trained drafters read the target's features (issue 10)
         logits = seq.prefill(ids, hidden=hidden)
         if hidden:
-            drafter.observe_prompt(seq.hidden_states[-1])
+            drafter.observe_prompt(seq.hidden_states[getattr(drafter, "hidden_layer", -1)])
         if guide is not None:
             logits = first_logits(guide, logits)
         return next_token(logits, sampling, generator)
@@ -282,13 +282,17 @@ class Engine:
         if guide is not None:  # prune what the guide forbids before the forward; one mask per node
             tree, allowed = guide_tree(guide, tree)
         hidden = getattr(drafter, "needs_hidden", False)
-        logits = seq.tree(tree, hidden=hidden)
+        # PPD: the drafter's prompt embeddings ride along in this forward (never kept in the cache)
+        extra = drafter.extra_nodes(tree) if hasattr(drafter, "extra_nodes") else None
+        logits = seq.tree(tree, hidden=hidden) if extra is None else seq.tree(tree, hidden=hidden, extra=extra)
+        if extra is not None:
+            drafter.observe_extra(seq.extra_logits)
         if guide is not None:
             logits = guide_logits(guide, tree, allowed, logits)
         verdict = verify(tree, logits, sampling, generator)
         seq.keep(verdict.path)
-        if hidden:  # the final hidden state (after the last norm) of every tree node
-            drafter.observe(tree, logits, verdict, hidden=seq.hidden_states[-1])
+        if hidden:  # the final hidden state (after the last norm; or layer drafter.hidden_layer's) of every node
+            drafter.observe(tree, logits, verdict, hidden=seq.hidden_states[getattr(drafter, "hidden_layer", -1)])
         elif drafter is not None:
             drafter.observe(tree, logits, verdict)
         stats.target_forwards += 1

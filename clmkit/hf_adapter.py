@@ -8,7 +8,7 @@ import torch
 from transformers import PreTrainedModel
 
 from clmkit.cache import KVCache
-from clmkit.tree import TokenTree, tree_attention_mask
+from clmkit.tree import EmbeddingNodes, TokenTree, tree_attention_mask
 
 
 def text_config(model: PreTrainedModel):
@@ -50,10 +50,12 @@ class Forward:
         With `hidden`, `self.hidden_states` = every layer's output [n, d] (HF order: embeddings first)."""
         return self.batch(input_ids, position_ids, cache, attention_mask, last_only, hidden)[0]
 
-    def batch(self, input_ids, position_ids, cache, attention_mask=None, last_only=False, hidden=False) -> torch.Tensor:
-        """Logits [B, n, vocab] for a batch of rows (input_ids [B, n])."""
+    def batch(self, input_ids, position_ids, cache, attention_mask=None, last_only=False, hidden=False,
+              inputs_embeds=None) -> torch.Tensor:
+        """Logits [B, n, vocab] for a batch of rows (input_ids [B, n], or inputs_embeds [B, n, d])."""
+        tokens = {"input_ids": input_ids} if inputs_embeds is None else {"inputs_embeds": inputs_embeds}
         out = self.model(
-            input_ids=input_ids,
+            **tokens,
             position_ids=position_ids,
             attention_mask=attention_mask,
             use_cache=True,
@@ -72,14 +74,18 @@ class Forward:
         sliding = tree_attention_mask(tree, prefix_length, self.dtype, self.sliding_window)
         return {"full_attention": full, "sliding_attention": sliding}
 
-    def tree(self, tree: TokenTree, cache: KVCache, hidden: bool = False) -> torch.Tensor:
-        """One forward over a whole tree: logits [n, vocab], node i's logits predict its children."""
+    def tree(self, tree: TokenTree, cache: KVCache, hidden: bool = False, extra: EmbeddingNodes | None = None) -> torch.Tensor:
+        """One forward over a whole tree: logits [n, vocab], node i's logits predict its children.
+        With `extra` (embedding nodes hung below tree nodes), logits [n + m, vocab], extra rows last."""
         prefix = cache.length
-        ids = tree.tokens[None]
-        positions = (prefix + tree.depth)[None]
+        full = tree if extra is None else extra.attach(tree)
+        positions = (prefix + full.depth)[None]
         # A chain (plain decoding is a chain of one) is ordinary causal attention: let HF build it.
-        mask = None if tree.is_chain else self.tree_mask(tree, prefix)
-        return self(ids, positions, cache, mask, hidden=hidden)
+        mask = None if full.is_chain else self.tree_mask(full, prefix)
+        if extra is None:
+            return self(tree.tokens[None], positions, cache, mask, hidden=hidden)
+        embeds = torch.cat([self.model.get_input_embeddings()(tree.tokens), extra.embeds.to(self.dtype)])
+        return self.batch(None, positions, cache, mask, hidden=hidden, inputs_embeds=embeds[None])[0]
 
 
 def batch_mask(forward: Forward, valid: torch.Tensor, slot_positions: torch.Tensor, query_positions: torch.Tensor):

@@ -105,6 +105,28 @@ class TokenTree:
         return path[::-1]
 
 
+@dataclass
+class EmbeddingNodes:
+    """Extra nodes of one tree forward given by input embeddings instead of token ids (PPD's trained
+    prompt tokens, clmkit/drafters/ppd.py). Row j hangs below node `parents[j]` of the combined list
+    (the tree's n nodes first, then these rows: parents[j] < n + j), so it gets the position and the
+    attention of a tree node there. The backend returns their logits separately, and their keys and
+    values never stay in the cache (`keep` keeps tree nodes only)."""
+
+    embeds: torch.Tensor  # [m, d]
+    parents: torch.Tensor  # [m] long, indices into tree nodes + earlier rows
+
+    def attach(self, tree: TokenTree) -> TokenTree:
+        """The combined tree (these rows as placeholder tokens 0): depth, ancestors, mask, positions."""
+        if self.embeds.shape[0] != self.parents.numel():
+            raise ValueError("EmbeddingNodes: one parent per embedding row")
+        return TokenTree(torch.cat([tree.tokens, torch.zeros(self.parents.numel(), dtype=torch.long)]),
+                         torch.cat([tree.parents, self.parents.to(torch.long)]))
+
+    def __len__(self) -> int:
+        return self.parents.numel()
+
+
 def tree_attention_mask(
     tree: TokenTree,
     prefix_length: int,

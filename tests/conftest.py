@@ -119,3 +119,17 @@ def _one_thread_for_tiny_models(request):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_verify_cost_cache(tmp_path_factory):
+    """Verify-cost curves measured during tests (ppd plans its tree from one; `bench speed` tunes from
+    one) go to a temporary folder: a curve measured under a test run's load must never be reused by a
+    user's later benchmark from the shared per-machine cache."""
+    from clmkit.bench import verify_cost
+
+    folder = tmp_path_factory.mktemp("verify-cost")
+    original = verify_cost.cache_path
+    verify_cost.cache_path = lambda key: folder / original(key).name
+    yield
+    verify_cost.cache_path = original

@@ -52,7 +52,9 @@ def test_every_drafter_greedy_identical_on_specbench(embedded_model, name):
     """Issue 3's parity on the real model: each drafter (default options; draft-model drafters use
     the self-draft) against clmkit plain greedy; divergences only at reported near-ties."""
     engine = Engine(embedded_model)
-    drafter = make_drafter(name, embedded_model)
+    # ppd sizes its tree from this machine's measured verify cost; under a test run's load that can be
+    # a 1-node plan (no drafts), so parity is checked at a fixed 4-node budget
+    drafter = make_drafter(name, embedded_model, **({"budget": 4} if name == "ppd" else {}))
     accepted = 0
     for p in load_specbench(per_category=1)[:3]:
         ids = engine.encode(p.text)

@@ -8,12 +8,17 @@ against it (`_linear_pointwise`) — the kernels torch.compile's inductor uses f
 eagerly here. The model keeps its HF definition: only the Linear modules of a structural copy are
 swapped, every other weight is shared, and the original module stays the correctness oracle.
 
-`auto` times the candidates on this model's own layer shapes for n = 1 and n = 16 rows (the plain
-step and a tree verify) and keeps the fastest: no tuning constant measured on another machine.
+Which kernel is faster depends on the CPU *and* on the number of rows: on an Intel AMX Xeon torch's
+GEMM (MKL) wins a 1-row plain step while oneDNN wins a 4+-row tree verify. So `auto` keeps both
+and dispatches every call by its row count (`RowDispatch`), from a load-time micro-benchmark that runs
+all of this model's Linear layers in model order (the real working set: a decode step streams every
+weight from memory, a single cache-hot layer would not) at the forward sizes the engine runs — 1 row
+for a plain step, 2..32 for tree verifies — for each kernel. No tuning constant from another machine.
 """
 
 from __future__ import annotations
 
+import bisect
 import copy
 import time
 
@@ -23,6 +28,9 @@ from torch import nn
 from clmkit.errors import InputError
 
 KERNELS = ("auto", "hf", "onednn", "onednn-bf16")
+# Row counts `auto` measures: the plain step and the tree sizes drafters verify (a call with a row count
+# in between uses the next measured size up; prefills beyond the last use the last).
+ROWS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 
 
 def cpu_has_bf16() -> bool:
@@ -51,63 +59,114 @@ class PackedLinear(nn.Module):
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
 
 
-def packed_copy(module: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """A structural copy of `module` sharing every weight, its nn.Linear layers replaced by PackedLinear."""
+class RowDispatch:
+    """Which kernel runs a call of n rows: the winner at the smallest measured size >= n."""
+
+    def __init__(self, times: dict[int, dict[str, float]]):
+        self.times = times  # rows -> kernel -> seconds for all the model's linears (the measurement)
+        self.sizes = sorted(times)
+        self.winner = [min(times[n], key=times[n].get) for n in self.sizes]
+        # rows -> use the packed kernel, precomputed so a call costs one list index
+        self._packed = [self.winner[min(bisect.bisect_left(self.sizes, n), len(self.sizes) - 1)] != "hf"
+                        for n in range(self.sizes[-1] + 1)]
+
+    def packed(self, rows: int) -> bool:
+        return self._packed[min(rows, len(self._packed) - 1)]
+
+    def label(self) -> str:
+        """e.g. 'auto: hf at 1-3 rows, onednn at 4+ rows'."""
+        spans, start = [], self.sizes[0]
+        for i, n in enumerate(self.sizes):
+            last = i + 1 == len(self.sizes)
+            if last or self.winner[i + 1] != self.winner[i]:
+                end = f"{start}+" if last else (f"{start}" if start == n else f"{start}-{n}")
+                spans.append(f"{self.winner[i]} at {end} rows")
+                if not last:
+                    start = self.sizes[i] + 1
+        return "auto: " + ", ".join(spans)
+
+
+class DispatchLinear(nn.Module):
+    """One nn.Linear with both kernels: torch's GEMM on the HF weight, and the oneDNN-packed copy."""
+
+    def __init__(self, linear: nn.Linear, dispatch: RowDispatch | None = None):
+        super().__init__()
+        self.linear, self.fast = linear, PackedLinear(linear, torch.float32)
+        self.dispatch = dispatch  # set after the measurement (shared by every layer of the model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // x.shape[-1]
+        return self.fast(x) if self.dispatch.packed(rows) else self.linear(x)
+
+
+def swap_linears(module: nn.Module, make) -> nn.Module:
+    """A structural copy of `module` sharing every weight, each nn.Linear replaced by make(linear)."""
     shared = {id(t): t for t in list(module.parameters()) + list(module.buffers())}
     fast = copy.deepcopy(module, memo=shared)
-    for name, child in list(fast.named_modules()):
+    for child in list(fast.modules()):
         for attr, sub in list(child.named_children()):
             if type(sub) is nn.Linear:
-                setattr(child, attr, PackedLinear(sub, dtype))
+                setattr(child, attr, make(sub))
     return fast
 
 
-def _linear_shapes(module: nn.Module) -> list[tuple[int, int]]:
-    """The distinct (out, in) shapes of the model's Linear layers (lm_head included)."""
-    return sorted({(m.out_features, m.in_features) for m in module.modules() if type(m) is nn.Linear})
+def packed_copy(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """A structural copy of `module` sharing every weight, its nn.Linear layers replaced by PackedLinear."""
+    return swap_linears(module, lambda linear: PackedLinear(linear, dtype))
 
 
-def micro_benchmark(module: nn.Module, kernels: tuple[str, ...] = ("hf", "onednn"), budget_s: float = 1.0) -> dict:
-    """Seconds per layer-set multiply for n = 1 and n = 16 rows, per kernel, on this model's shapes.
-
-    Interleaved rounds, minimum per kernel (the machine may be shared: the minimum is the least
-    disturbed run)."""
-    shapes = _linear_shapes(module)
-    layers = {k: [] for k in kernels}
-    for out_f, in_f in shapes:
-        lin = nn.Linear(in_f, out_f, bias=False)
-        for k in kernels:
-            layers[k].append(lin if k == "hf" else PackedLinear(lin, torch.bfloat16 if k == "onednn-bf16" else torch.float32))
-    xs = {n: [torch.randn(n, i) for _, i in shapes] for n in (1, 16)}
-    best = {k: float("inf") for k in kernels}
+def micro_benchmark(kernels: dict[str, list[nn.Module]], rows=ROWS, budget_s: float = 1.5,
+                    min_rounds: int = 2) -> dict[int, dict[str, float]]:
+    """Seconds to run every layer of each kernel's list once (the model's linears in model order) on
+    n-row inputs, for each n in `rows`. Kernels interleaved per size, rounds until the budget; the
+    minimum per (size, kernel) is kept (the machine may be shared: the minimum is the least disturbed)."""
+    first = next(iter(kernels.values()))
+    inputs = {n: {f: torch.randn(n, f) for f in {layer.in_features for layer in first}} for n in rows}
+    best = {n: {k: float("inf") for k in kernels} for n in rows}
     deadline = time.perf_counter() + budget_s
+    rounds = 0
     with torch.inference_mode():
-        rounds = 0
-        while rounds < 2 or (time.perf_counter() < deadline and rounds < 50):
-            for k in kernels:
-                start = time.perf_counter()
-                for n in (1, 16):
-                    for lin, x in zip(layers[k], xs[n]):
-                        lin(x)
-                best[k] = min(best[k], time.perf_counter() - start)
+        while rounds < min_rounds or time.perf_counter() < deadline:
+            for n in rows:
+                for k in (list(kernels)[rounds % 2:] + list(kernels)[: rounds % 2]):  # alternate who goes first
+                    xs = inputs[n]
+                    start = time.perf_counter()
+                    for layer in kernels[k]:
+                        layer(xs[layer.in_features])
+                    best[n][k] = min(best[n][k], time.perf_counter() - start)
             rounds += 1
     return best
 
 
-def with_kernel(module: nn.Module, kernel: str) -> tuple[nn.Module, str]:
-    """(module to run, kernel used). `auto` picks between the fp32 kernels (same numbers as HF)."""
+def auto_kernel(module: nn.Module, rows=ROWS, budget_s: float = 1.5) -> tuple[nn.Module, str, RowDispatch | None]:
+    """Both fp32 kernels behind a RowDispatch measured on this model; the HF module alone if oneDNN
+    wins at no measured size (no copy kept)."""
+    fast = swap_linears(module, DispatchLinear)
+    layers = [m for m in fast.modules() if isinstance(m, DispatchLinear)]
+    if not layers:  # no nn.Linear (e.g. GPT-2's Conv1D): nothing to dispatch
+        return module, "hf", None
+    dispatch = RowDispatch(micro_benchmark({"hf": [d.linear for d in layers], "onednn": [d.fast for d in layers]},
+                                           rows, budget_s))
+    if not any(dispatch.packed(n) for n in dispatch.sizes):
+        return module, dispatch.label(), dispatch
+    for d in layers:
+        d.dispatch = dispatch
+    return fast, dispatch.label(), dispatch
+
+
+def with_kernel(module: nn.Module, kernel: str) -> tuple[nn.Module, str, RowDispatch | None]:
+    """(module to run, kernel label, the auto measurement or None). `auto` dispatches per row count
+    between the fp32 kernels (same numbers as HF up to rounding); bf16 is only ever chosen explicitly."""
     if kernel not in KERNELS:
         raise InputError(f"unknown torch kernel {kernel!r}; choose one of: {', '.join(KERNELS)}")
     if kernel != "hf" and not torch.backends.mkldnn.is_available():
         if kernel == "auto":
-            return module, "hf"
+            return module, "hf", None
         raise InputError(f"kernel {kernel!r} needs oneDNN (mkldnn), which this torch build lacks")
-    dtype = next(module.parameters()).dtype
     if kernel == "auto":
-        if dtype != torch.float32:
-            return module, "hf"
-        times = micro_benchmark(module)
-        kernel = min(times, key=times.get)
+        if next(module.parameters()).dtype != torch.float32:
+            return module, "hf", None
+        return auto_kernel(module)
     if kernel == "hf":
-        return module, "hf"
-    return packed_copy(module, torch.bfloat16 if kernel == "onednn-bf16" else torch.float32), kernel
+        return module, "hf", None
+    return packed_copy(module, torch.bfloat16 if kernel == "onednn-bf16" else torch.float32), kernel, None

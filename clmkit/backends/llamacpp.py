@@ -14,6 +14,13 @@ id becomes the sequence's id. No KV data moves.
 Limits: one tree may use at most n_seq_max sequence ids, one per leaf (llama.cpp caps n_seq_max at 256;
 default here 64). The KV cache (n_ctx tokens) is shared by every open sequence and batch row.
 Hidden states are not exposed: drafters that read the target's features need the torch backend.
+
+Per-step cost: while any sequence or batch row is open, torch runs on ONE intra-op thread
+(`TorchThreads`). The engine's own torch work between decodes is tiny (an argmax, a TokenTree), but
+each parallel torch op wakes torch's OpenMP workers, which then spin-wait and take the cores from
+llama.cpp's threads: measured (1 llama.cpp thread, loaded 2-core machine) 33 vs 27 ms CPU per step, i.e.
+all of the gap to llama-cpp-python's own loop. Logits are read once per decode as one view of
+llama.cpp's output buffer and copied once.
 """
 
 from __future__ import annotations
@@ -47,6 +54,32 @@ def llama_lib():
 
 
 _QUIET = None  # the log callback must outlive the library's use of it
+
+
+class TorchThreads:
+    """torch's intra-op threads set to 1 while llama.cpp holds the cores, restored when the last user
+    leaves (torch's thread count is process-wide, so users are counted across backends)."""
+
+    users = 0
+    saved = 0
+
+    @classmethod
+    def enter(cls) -> None:
+        if cls.users == 0:
+            cls.saved = torch.get_num_threads()
+            torch.set_num_threads(1)
+        cls.users += 1
+
+    @classmethod
+    def leave(cls) -> None:
+        cls.users -= 1
+        if cls.users == 0:
+            torch.set_num_threads(cls.saved)
+
+    @classmethod
+    def available(cls) -> int:
+        """The thread count torch had before any llama.cpp user lowered it."""
+        return cls.saved if cls.users else torch.get_num_threads()
 
 
 def _silence(lib) -> None:
@@ -86,7 +119,7 @@ class LlamaCppBackend:
         self.context_length = min(lib.llama_model_n_ctx_train(self.model), n_ctx)
         self.eos_token_ids = {t for t in range(self.vocab_size) if lib.llama_vocab_is_eog(self.vocab, t)}
         self.n_batch = n_batch
-        threads = n_threads or torch.get_num_threads() or os.cpu_count() or 1
+        threads = n_threads or TorchThreads.available() or os.cpu_count() or 1
         cparams = lib.llama_context_default_params()
         cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = self.context_length, n_batch, n_batch
         cparams.n_seq_max, cparams.kv_unified = n_seq_max, True  # unified: a seq_cp only tags cells
@@ -132,7 +165,8 @@ class LlamaCppBackend:
 
     def decode(self, tokens: list[int], positions: list[int], seq_ids: list[list[int]], logits: list[bool]) -> torch.Tensor:
         """One llama_decode per n_batch tokens; the logits [k, vocab] of the k tokens that asked for them."""
-        out = []
+        out = torch.empty(sum(logits), self.vocab_size)
+        filled = 0
         for start in range(0, len(tokens), self.n_batch):
             b = self.batch_buf
             end = min(start + self.n_batch, len(tokens))
@@ -148,11 +182,12 @@ class LlamaCppBackend:
                                   "sequences): fewer or shorter sequences, or load with a larger n_ctx")
             if rc != 0:
                 raise ClmkitError(f"llama_decode failed with code {rc}")
-            for j, i in enumerate(range(start, end)):
-                if logits[i]:
-                    ptr = self.lib.llama_get_logits_ith(self.ctx, j)
-                    out.append(torch.from_numpy(np.ctypeslib.as_array(ptr, shape=(self.vocab_size,)).copy()))
-        return torch.stack(out)
+            n_out = sum(logits[start:end])
+            if n_out:  # llama.cpp's output rows, in batch order: one view, one copy (the buffer is reused)
+                rows = np.ctypeslib.as_array(self.lib.llama_get_logits(self.ctx), shape=(n_out, self.vocab_size))
+                out[filled : filled + n_out] = torch.from_numpy(rows)
+                filled += n_out
+        return out
 
     def sequence(self, capacity: int) -> "LlamaSequence":
         return LlamaSequence(self)
@@ -165,6 +200,7 @@ class LlamaSequence:
     def __init__(self, backend: LlamaCppBackend):
         self.b = backend
         [self.seq] = backend.take_ids(1, "a sequence")
+        TorchThreads.enter()
         self.length = 0
         self.hidden_states = None
         self._extra: list[int] = []  # the tree's borrowed leaf ids, until keep
@@ -179,6 +215,9 @@ class LlamaSequence:
 
     def tree(self, tree: TokenTree, hidden: bool = False) -> torch.Tensor:
         _no_hidden(hidden)
+        if len(tree) == 1:  # a plain step: the root alone on this sequence
+            self._leaf_ids = [[self.seq]]
+            return self.b.decode([int(tree.tokens[0])], [self.length], self._leaf_ids, [True])
         leaves = tree_leaves(tree)
         if len(leaves) > self.b.max_leaves:
             raise InputError(f"a draft tree with {len(leaves)} leaves exceeds the llama.cpp backend's limit of "
@@ -217,6 +256,13 @@ class LlamaSequence:
         if self.seq is not None:
             self.b.give_ids([self.seq, *self._extra])
             self.seq, self._extra = None, []
+            TorchThreads.leave()
+
+    def __del__(self):  # a sequence dropped without close() must not leave torch on one thread
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: the library may already be gone
+            pass
 
 
 class LlamaBatch:
@@ -228,11 +274,13 @@ class LlamaBatch:
 
     def add(self, ids: list[int]) -> tuple[int, torch.Tensor]:
         [seq] = self.b.take_ids(1, "a batch row")
+        TorchThreads.enter()
         n = len(ids)
         try:
             logits = self.b.decode(ids, list(range(n)), [[seq]] * n, [False] * (n - 1) + [True])
         except ClmkitError:
             self.b.give_ids([seq])
+            TorchThreads.leave()
             raise
         self.rows[seq] = [seq, n]
         return seq, logits[-1]
@@ -251,6 +299,7 @@ class LlamaBatch:
     def drop(self, row: int) -> None:
         self.rows.pop(row)
         self.b.give_ids([row])
+        TorchThreads.leave()
 
 
 def _no_hidden(hidden: bool) -> None:

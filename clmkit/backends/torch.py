@@ -7,7 +7,9 @@ oracle; `kernel` only swaps how its nn.Linear layers multiply (clmkit/backends/k
     onednn       fp32 weights pre-packed once for oneDNN: same arithmetic up to rounding, flatter cost in n
     onednn-bf16  bf16 weights pre-packed for oneDNN (AMX / AVX512-BF16 CPUs): faster, NOT the same numbers;
                  compare it with HF in bf16, never with fp32
-    auto         the fastest fp32 kernel of the first two, by a ~1 s micro-benchmark at load time
+    auto         both fp32 kernels, each call dispatched by its number of rows to the one a ~1.5 s
+                 load-time micro-benchmark found faster at that size on this CPU (`backend.kernel` says
+                 which, e.g. "auto: hf at 1-3 rows, onednn at 4+ rows"; `backend.dispatch.times` the times)
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ from clmkit.backends.kernels import with_kernel
 from clmkit.cache import BatchKVCache, KVCache
 from clmkit.parity import NEAR_TIE
 from clmkit.hf_adapter import Forward, batch_mask, new_cache, num_layers
-from clmkit.tree import TokenTree
+from clmkit.tree import EmbeddingNodes, TokenTree
 
 
 class TorchSequence:
     def __init__(self, forward: Forward, cache: KVCache):
         self.forward, self.cache = forward, cache
         self.hidden_states: tuple[torch.Tensor, ...] | None = None  # per layer [n, d], last forward with hidden=True
+        self.extra_logits: torch.Tensor | None = None  # [m, vocab] of the last tree's embedding nodes (extra=)
         self._prefix = 0
 
     @property
@@ -41,10 +44,16 @@ class TorchSequence:
         return logits[-1]
 
     @torch.inference_mode()
-    def tree(self, tree: TokenTree, hidden: bool = False) -> torch.Tensor:
+    def tree(self, tree: TokenTree, hidden: bool = False, extra: EmbeddingNodes | None = None) -> torch.Tensor:
         self._prefix = self.cache.length
-        logits = self.forward.tree(tree, self.cache, hidden=hidden)
+        logits = self.forward.tree(tree, self.cache, hidden=hidden, extra=extra)
         self.hidden_states = self.forward.hidden_states
+        if extra is not None:  # embedding nodes sit after the tree's slots: keep() drops them
+            n = len(tree)
+            self.extra_logits = logits[n:]
+            logits = logits[:n]
+            if hidden:
+                self.hidden_states = tuple(h[:n] for h in self.hidden_states)
         return logits
 
     def keep(self, path: list[int]) -> None:
@@ -102,7 +111,8 @@ class TorchBackend:
 
     def __init__(self, module: torch.nn.Module, kernel: str = "hf"):
         self.oracle = module  # the HF module as loaded: fallback and correctness reference
-        self.module, self.kernel = with_kernel(module, kernel)
+        self.kernel_option = kernel  # what was asked for (auto, hf, ...); `kernel` says what it became
+        self.module, self.kernel, self.dispatch = with_kernel(module, kernel)
         self.forward = Forward(self.module)
 
     def sequence(self, capacity: int) -> TorchSequence:

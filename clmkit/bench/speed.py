@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from rich.progress import Progress
 
+from clmkit.backends.llamacpp import TorchThreads
 from clmkit.bench.report import markdown_table, print_table, run_dir, write_json
 from clmkit.bench.specbench import load_specbench
 from clmkit.drafters import available, make_drafter, takes_draft_model
@@ -82,12 +83,16 @@ class LlamaCppPythonMethod:
         if not sampling.greedy:
             raise InputError(f"{name} is run greedy only (its sampler chain differs from clmkit's)")
         draft = LlamaPromptLookupDecoding(num_pred_tokens=10) if name.endswith("-lookup") else None
-        self.llm = llama_cpp.Llama(str(gguf), n_ctx=4096, n_threads=torch.get_num_threads(), verbose=False,
-                                   draft_model=draft)
+        threads = TorchThreads.available()  # the same threads as clmkit's llama.cpp backend, for prefill too
+        # With a draft model llama-cpp-python keeps every position's logits, but sizes that buffer for n_ctx
+        # rows only if logits_all is passed too (else prompts over n_batch tokens fail): 4096 x vocab floats.
+        self.llm = llama_cpp.Llama(str(gguf), n_ctx=4096, n_threads=threads, n_threads_batch=threads, verbose=False,
+                                   draft_model=draft, logits_all=draft is not None)
         self.eos = {t for t in range(self.llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(self.llm._model.vocab, t)}
 
     def __call__(self, ids: list[int], max_new_tokens: int) -> Run:
         out = []
+        self.llm.reset()  # no reuse of the previous call's prefix: every method prefills the whole prompt
         start = time.perf_counter()
         for tok in self.llm.generate(ids, temp=0.0, repeat_penalty=1.0, reset=True):
             out.append(tok)
@@ -117,12 +122,16 @@ class ClmkitMethod:
                    s.accepted_tokens)
 
 
-def make_methods(names: list[str], model, draft_model, sampling, options, hf_model=None) -> dict:
-    """`model` runs the clmkit methods (on its backend); `hf_model` (torch, default `model`) the HF ones."""
+def check_methods(names: list[str]) -> None:
     known = set(HF_METHODS) | set(LLAMA_CPP_METHODS) | {"vanilla"} | set(available())
     unknown = [n for n in names if n not in known]
     if unknown:
         raise InputError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+
+
+def make_methods(names: list[str], model, draft_model, sampling, options, hf_model=None) -> dict:
+    """`model` runs the clmkit methods (on its backend); `hf_model` (torch, default `model`) the HF ones."""
+    check_methods(names)
     methods = {}
     for n in names:
         if n in HF_METHODS:
@@ -134,24 +143,32 @@ def make_methods(names: list[str], model, draft_model, sampling, options, hf_mod
     return methods
 
 
-def tuned_budgets(model, methods: list[str], options: dict) -> dict:
+def tuned_budgets(model, methods: list[str], options: dict, retune: bool = False) -> dict:
     """Tree budgets from this backend's measured verify cost: the node count that maximises expected
     tokens/s (Token Recycling's model, clmkit/bench/verify_cost.py), given to every drafter that has a
-    single budget and was not given one explicitly. Returns the measurement for the results file."""
-    from clmkit.bench.verify_cost import best_budget, measure
+    single budget and was not given one explicitly. The curve is this machine's saved one for this
+    backend, kernel and model if there is one (`clm bench verify-cost` saves it), else measured now.
+    When no tree pays (best = 1 node), drafters get the smallest tree (1 draft token) and it is said.
+    Returns the measurement for the results file."""
+    from clmkit.bench.verify_cost import best_budget, cached_costs
     from clmkit.drafters import budget_options
 
-    rows = best_budget(measure(model, TUNE_SIZES, repeats=3))
+    costs, origin = cached_costs(model, TUNE_SIZES, repeats=3, refresh=retune)
+    rows = best_budget({n: costs[n] for n in TUNE_SIZES})
     nodes = max(rows, key=lambda r: r["expected_speedup"])["nodes"]
+    print(f"verify cost ({origin}): best tree {nodes} node(s)"
+          + (" — no tree pays on this backend; drafters get the smallest (2 nodes)" if nodes == 1 else ""))
+    tuned_to = {}
     for m in methods:
-        if m in available() and nodes > 1:
+        if m in available():
             try:
-                tuned = budget_options(m, nodes - 1)
+                tuned = budget_options(m, max(1, nodes - 1))
             except InputError:
                 continue  # no single budget (e.g. rsd's branching): keep its defaults
             for key, value in tuned.items():
                 options.setdefault(m, {}).setdefault(key, value)
-    return {"nodes": nodes, "verify_cost": rows}
+            tuned_to[m] = options[m]
+    return {"nodes": nodes, "source": origin, "options": tuned_to, "verify_cost": rows}
 
 
 def summarise(rows: list[dict], methods: list[str], group: str | None) -> list[dict]:
@@ -225,10 +242,12 @@ def run_speed(
     backend: str = "torch",
     kernel: str | None = None,
     tune: bool = False,
+    retune: bool = False,
 ) -> dict:
     from clmkit.backends import load_for_cli
     from clmkit.models import NoTorchWeights
 
+    check_methods(methods)  # before loading and tuning: a typo costs nothing
     prompts = load_specbench(per_category, categories)
     model = load_for_cli(model_name, backend, kernel)
     hf_model = None
@@ -237,7 +256,7 @@ def run_speed(
     options = {k: dict(v) for k, v in (options or {}).items()}
     if recycling_state is not None and "recycling" in methods:
         options.setdefault("recycling", {})["state"] = recycling_state if recycling_state.exists() else None
-    tuning = tuned_budgets(model, methods, options) if tune else None
+    tuning = tuned_budgets(model, methods, options, retune) if tune else None
     runners = make_methods(methods, model, draft_model, sampling, options, hf_model)
     encoder = Engine(model)
     encoded = [encoder.encode(p.text) for p in prompts]
@@ -261,9 +280,10 @@ def run_speed(
                     d = first_divergence(model.runner(), ids, row["vanilla"]["tokens"], row[m]["tokens"])
                     tie = d is not None and d.top2_gap < model.runner().near_tie  # the backend's stated bound
                     row[m]["check"] = "identical" if d is None else ("near-tie" if tie else "DIVERGED")
-                    if d is not None:
-                        row[m]["divergence"] = str(d)
-                        progress.console.print(f"[parity] {m} on question {p.question_id}: {d}")
+                    if d is not None:  # Divergence's own text judges by torch's bound: state this backend's
+                        row[m]["divergence"] = (f"{row[m]['check']}: position {d.index}: plain {d.reference_token}, got "
+                                                f"{d.got_token}, top-2 gap {d.top2_gap:.3g} (bound {model.runner().near_tie:g})")
+                        progress.console.print(f"[parity] {m} on question {p.question_id}: {row[m]['divergence']}", markup=False)
             rows.append(row)
     overall = summarise(rows, methods, group=None)
     per_category = summarise(rows, methods, group="category")

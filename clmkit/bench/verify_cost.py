@@ -3,18 +3,26 @@
 Speculative decoding pays off when (1 + expected accepted tokens) / cost(n) beats 1 / cost(1).
 This measures cost(n) for a tree of n nodes after a realistic prefix (median of repeats), and, given
 Token Recycling's measured rank-acceptance rates, the node budget that maximises expected tokens/s.
+
+Every curve measured is also saved per machine (`$CLMKIT_CACHE/verify-cost/`, keyed by CPU model and
+features, threads, backend, kernel option and model), where `clm bench speed` finds it to size the
+drafters' trees without measuring again (`--retune` measures afresh).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from clmkit.backends.llamacpp import TorchThreads
 from clmkit.bench.report import markdown_table, print_table, run_dir, write_json
 from clmkit.drafters.recycling import DEFAULT_ACCEPT_PROBS, DEFAULT_DEPTH
+from clmkit.files import atomic_write
 from clmkit.static_tree import TreeTemplate
 
 SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 20, 24, 32, 40, 48, 64, 80)
@@ -41,6 +49,52 @@ def measure(model, sizes=SIZES, prefix: int = 256, repeats: int = 7) -> dict[int
     finally:
         seq.close()
     return costs
+
+
+def machine_key(model) -> dict:
+    """What a verify-cost curve depends on: this CPU, the threads, the backend and kernel, the model."""
+    cpu, flags = "unknown", []
+    try:
+        info = open("/proc/cpuinfo").read()
+        cpu = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), cpu)
+        present = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+        flags = sorted(present & {"avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8"})
+    except OSError:
+        pass
+    runner = model.runner()
+    return {"cpu": cpu, "flags": flags, "threads": TorchThreads.available(), "backend": runner.name,
+            "kernel": getattr(runner, "kernel_option", None), "model": model.name,
+            "source": str(model.source)}
+
+
+def cache_path(key: dict) -> Path:
+    from clmkit.models import cache_dir
+
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir() / "verify-cost" / f"{key['backend']}-{key['model']}-{digest}.json"
+
+
+def save_costs(key: dict, costs: dict[int, float], repeats: int) -> Path:
+    path = cache_path(key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({"key": key, "repeats": repeats, "measured": time.strftime("%Y-%m-%d %H:%M:%S"),
+                       "seconds": {str(n): t for n, t in sorted(costs.items())}}, indent=1)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+    return path
+
+
+def cached_costs(model, sizes, repeats: int = 3, refresh: bool = False) -> tuple[dict[int, float], str]:
+    """(cost per size, where it came from): this machine's saved curve if it covers `sizes`, else measured
+    now (and saved)."""
+    key = machine_key(model)
+    path = cache_path(key)
+    if path.is_file() and not refresh:
+        saved = json.loads(path.read_text())
+        costs = {int(n): t for n, t in saved["seconds"].items()}
+        if set(sizes) <= set(costs):
+            return costs, f"cached {path} (measured {saved['measured']}; --retune to measure again)"
+    costs = measure(model, sizes, repeats=repeats)
+    return costs, f"measured now, saved to {save_costs(key, costs, repeats)}"
 
 
 def best_budget(costs: dict[int, float], accept_probs=DEFAULT_ACCEPT_PROBS, max_depth: int = DEFAULT_DEPTH) -> list[dict]:
@@ -72,6 +126,8 @@ def run_verify_cost(model_name: str, output: Path | None = None, backend: str = 
     out = run_dir(output, "verify-cost")
     results, all_rows = {}, []
     for spec, model in models.items():
+        save_costs(machine_key(model),
+                   {n: statistics.median(ts) for n, ts in times[spec].items()}, repeats)
         runner = model.runner()
         label = runner.name + (f" ({runner.kernel} kernel)" if getattr(runner, "kernel", None) else "")
         rows = best_budget({n: statistics.median(ts) for n, ts in times[spec].items()})

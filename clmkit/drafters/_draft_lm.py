@@ -94,16 +94,31 @@ def self_draft_module(module: nn.Module, n: int) -> nn.Module:
     total = num_layers(module)
     if not 1 <= n <= total:
         raise InputError(f"self:N needs 1 <= N <= {total} (the target's decoder layers), got {n}")
+    return layer_view(module, 0, n)
+
+
+def layer_view(module: nn.Module, start: int, stop: int) -> nn.Module:
+    """The same view over decoder layers [start, stop) (hidden-transfer runs the upper ones, start > 0:
+    its caller then replaces the input of layer `start`, which the view would compute from token ids)."""
     path, layers = _decoder_layers(module)
+    # transformers (5.x) records hidden states with forward hooks installed once per model, flagged on
+    # the decoder: install them on the target first, so the view's copy carries the flag and never
+    # hooks the shared layers twice (which would make the target report extra hidden states).
+    try:
+        from transformers.utils.output_capturing import maybe_install_capturing_hooks
+
+        maybe_install_capturing_hooks(module.get_submodule(path.rsplit(".", 1)[0]) if "." in path else module)
+    except ImportError:  # older transformers: outputs are collected without hooks
+        pass
     config = copy.deepcopy(text_config(module))
-    config.num_hidden_layers = n
+    config.num_hidden_layers = stop - start
     if isinstance(getattr(config, "layer_types", None), list):
-        config.layer_types = config.layer_types[:n]
+        config.layer_types = config.layer_types[start:stop]
     originals = {id(module.config), id(text_config(module))}
 
     def view(mod: nn.Module, names: list[str]) -> nn.Module:
         if not names:
-            return nn.ModuleList(list(layers)[:n])
+            return nn.ModuleList(list(layers)[start:stop])
         clone = copy.copy(mod)
         clone._modules = dict(mod._modules)  # own child table: the target keeps its children
         clone._modules[names[0]] = view(mod._modules[names[0]], names[1:])

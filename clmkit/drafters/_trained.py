@@ -139,4 +139,6 @@ def needs_torch(name: str | None) -> bool:
     `clm generate --backend auto` then picks torch instead of llama.cpp."""
     from clmkit.drafters import DRAFTERS
 
-    return name is not None and getattr(DRAFTERS.find(name), "needs_hidden", False)
+    found = DRAFTERS.find(name) if name is not None else None
+    # torch_only: drafters that add inputs to the target's forward (PPD's prompt embeddings)
+    return getattr(found, "needs_hidden", False) or getattr(found, "torch_only", False)

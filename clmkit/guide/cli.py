@@ -98,7 +98,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 @guide_app.command("train-rectifier")
 def train_rectifier_cmd(
     model: str = typer.Option("smollm2-135m", "--model", "-m"),
-    rollouts: int = typer.Option(16, "--rollouts", help="Sampled rollouts per training prompt (8 prompts)."),
+    rollouts: int = typer.Option(16, "--rollouts", help="Sampled rollouts per training prompt."),
+    prompts: str = typer.Option("chat", "--prompts", help="Elicitation prompts: chat (8 instructions, chat template) or "
+                                                         "continuation (16 sentence openings, no template)."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", "-n"),
     words: Optional[Path] = typer.Option(None, "--words", help="Word-list detector (one word a line) instead of alt-profanity-check."),
     epochs: int = typer.Option(200, "--epochs"),
@@ -115,7 +117,7 @@ def train_rectifier_cmd(
 
     from clmkit.cli import user_errors
     from clmkit.engine import Engine
-    from clmkit.guide.bench.rectify import TRAIN_PROMPTS, train_rectifier
+    from clmkit.guide.bench.rectify import PROMPT_SETS, train_rectifier
     from clmkit.models import load
 
     with user_errors():
@@ -123,19 +125,28 @@ def train_rectifier_cmd(
             raise InputError("--rollouts, --max-new-tokens, --epochs must be >= 1 and --threshold in (0, 1)")
         if words is not None and not words.is_file():
             raise InputError(f"word list not found: {words}")
-        engine = Engine(load(model))
+        check_prompt_set(prompts)
+        engine = Engine(load(model, backend="torch"))  # the value head reads the torch module's hidden states
         with Progress() as bar:
-            task = bar.add_task("rollouts", total=len(TRAIN_PROMPTS))
+            task = bar.add_task("rollouts", total=len(PROMPT_SETS[prompts][0]))
             config = train_rectifier(engine.model, engine, output, "clm " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
                                      rollouts, max_new_tokens, words, epochs, seed=seed, threshold=threshold,
-                                     progress=lambda: bar.advance(task))
+                                     progress=lambda: bar.advance(task), style=prompts)
         Console().print(config)
+
+
+def check_prompt_set(name: str) -> None:
+    from clmkit.guide.bench.rectify import PROMPT_SETS
+
+    if name not in PROMPT_SETS:
+        raise InputError(f"--prompts takes one of {', '.join(PROMPT_SETS)}, got {name!r}")
 
 
 def bench_rectify(
     rectifier: Path = typer.Option(..., "--rectifier", help="A head from clm guide train-rectifier."),
     model: str = typer.Option("smollm2-135m", "--model", "-m"),
-    samples: int = typer.Option(4, "--samples", help="Seeds per evaluation prompt (4 prompts)."),
+    samples: int = typer.Option(4, "--samples", help="Seeds per evaluation prompt (decoded as one batch)."),
+    prompts: str = typer.Option("chat", "--prompts", help="Held-out prompts: chat (4) or continuation (8)."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", "-n"),
     threshold: Optional[float] = typer.Option(None, "--threshold"),
     words: Optional[Path] = typer.Option(None, "--words"),
@@ -151,22 +162,24 @@ def bench_rectify(
 
     from clmkit.cli import user_errors
     from clmkit.engine import Engine
-    from clmkit.guide.bench.rectify import EVAL_PROMPTS, run_rectify_bench
+    from clmkit.guide.bench.rectify import PROMPT_SETS, run_rectify_bench
     from clmkit.models import load
 
     with user_errors():
         if samples < 1 or max_new_tokens < 1:
             raise InputError("--samples and --max-new-tokens must be >= 1")
-        engine = Engine(load(model))
+        check_prompt_set(prompts)
+        engine = Engine(load(model, backend="torch"))
         with Progress() as bar:
-            task = bar.add_task("rectify bench", total=2 * samples * len(EVAL_PROMPTS))
+            task = bar.add_task("rectify bench", total=2 * samples * len(PROMPT_SETS[prompts][1]))
             result = run_rectify_bench(engine, rectifier, samples, max_new_tokens, output,
                                        "clm " + " ".join(shlex.quote(a) for a in sys.argv[1:]), words, threshold,
-                                       progress=lambda: bar.advance(task))
-        table = Table("method", "undesired rate", "perplexity", "tokens/s", "masked mass/step")
+                                       progress=lambda n: bar.advance(task, n), style=prompts)
+        table = Table("method", "undesired", "rate [Wilson 95%]", "perplexity", "tokens/s", "masked mass/step")
         for m, s in result["summary"].items():
-            table.add_row(m, f"{s['undesired_rate']:.3f}", f"{s['perplexity']:.2f}", f"{s['tokens_per_s']:.1f}",
-                          f"{s['masked_mass_per_step']:.4f}")
+            low, high = s["wilson95"]
+            table.add_row(m, f"{s['undesired']}/{s['samples']}", f"{s['undesired_rate']:.3f} [{low:.3f}, {high:.3f}]",
+                          f"{s['perplexity']:.2f}", f"{s['tokens_per_s']:.1f}", f"{s['masked_mass_per_step']:.4f}")
         Console().print(table)
 
 
@@ -200,7 +213,10 @@ def bench_momentum(
                                                                  "the first three have 10, so the default gives 50)."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n"),
     methods: str = typer.Option("greedy,top-p,contrastive,momentum", "--methods"),
-    output: Path = typer.Option(Path("runs/momentum"), "--output", "-o"),
+    batch: int = typer.Option(8, "--batch", help="Prompts of similar length decoded together in the quality pass."),
+    timing_prompts: int = typer.Option(4, "--timing-prompts", help="Prompts decoded alone, methods interleaved, for tokens/s."),
+    report_only: bool = typer.Option(False, "--report-only", help="Decode nothing: summarise the rows.jsonl in --output (a partial run)."),
+    output: Path = typer.Option(Path("runs/momentum"), "--output", "-o", help="Folder; a run with rows.jsonl there resumes."),
 ):
     """Momentum decoding vs greedy, top-p and contrastive search: rep-2/3/4, diversity, perplexity, tokens/s."""
     import shlex
@@ -214,10 +230,10 @@ def bench_momentum(
         unknown = sorted(set(names) - set(METHODS))
         if unknown or not names:
             raise InputError(f"--methods takes a comma list of {', '.join(METHODS)}; unknown: {', '.join(unknown) or 'none given'}")
-        if per_category < 1 or max_new_tokens < 1:
-            raise InputError("--per-category and --max-new-tokens must be >= 1")
+        if per_category < 1 or max_new_tokens < 1 or batch < 1 or timing_prompts < 0:
+            raise InputError("--per-category, --max-new-tokens and --batch must be >= 1, --timing-prompts >= 0")
         run_momentum_bench(model, per_category, max_new_tokens, output, "clm " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-                           tuple(names))
+                           tuple(names), batch=batch, timing_prompts=timing_prompts, report_only=report_only)
 
 
 def plot_kl(result: dict, title: str, path: Path) -> None:

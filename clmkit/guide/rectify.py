@@ -94,6 +94,18 @@ def profanity_detector():
     return lambda texts: [float(p) for p in predict_prob(list(texts))]
 
 
+def watch_hidden(lm_head: nn.Module) -> nn.Module:
+    """Keep the input of the LM head (the last hidden states) of every forward on `lm_head.clmkit_hidden`.
+    One hook per module, however many guides read it."""
+    if not hasattr(lm_head, "clmkit_hidden"):
+        def capture(module, args) -> None:
+            module.clmkit_hidden = args[0].detach().reshape(-1, args[0].shape[-1])
+
+        lm_head.clmkit_hidden = None
+        lm_head.register_forward_pre_hook(capture)
+    return lm_head
+
+
 @register("rectify")
 class Rectify:
     name = "rectify"
@@ -114,13 +126,16 @@ class Rectify:
         if self.embeddings.shape[1] != head.hidden:
             raise InputError(f"this rectifier was trained for hidden size {head.hidden}, {model.name} has {self.embeddings.shape[1]}")
         self.eos_ids = frozenset(model.eos_token_ids)
-        self.hidden: torch.Tensor | None = None
+        with torch.no_grad():  # V e_a for every token, once: the head's token side never changes
+            self.token_keys = head.token(self.embeddings.float())
         self.masked_mass = 0.0  # total probability mass removed (the distribution shift), for reporting
         self.steps = 0
-        model.module.get_output_embeddings().register_forward_pre_hook(self._capture)
+        self.lm_head = watch_hidden(model.module.get_output_embeddings())
 
-    def _capture(self, module, args) -> None:
-        self.hidden = args[0].detach().reshape(-1, args[0].shape[-1])  # [n, d]: this forward's last hidden states
+    @property
+    def hidden(self) -> torch.Tensor | None:
+        """[n, d]: the last hidden states of the model's latest forward (one row per scored position)."""
+        return getattr(self.lm_head, "clmkit_hidden", None)
 
     def begin(self, prompt_ids: list[int], sampling=None) -> None:
         self.masked_mass, self.steps = 0.0, 0
@@ -132,7 +147,8 @@ class Rectify:
     def reweight(self, logits: torch.Tensor, node: int) -> torch.Tensor:
         if self.hidden is None:
             raise ClmkitError("rectify reads the LM's hidden states through the torch backend; none were captured")
-        risk = torch.sigmoid(self.head(self.hidden[node][None], self.embeddings))[0, : logits.numel()]
+        state = self.head.state(self.hidden[node][None].float())
+        risk = torch.sigmoid(state @ self.token_keys.T + self.head.bias)[0, : logits.numel()]  # = head(h, embeddings)
         unsafe = risk > self.threshold
         unsafe[risk.argmin()] = False  # never mask every token
         if node in (0, -1):  # the root's (or prefill's) distribution is the one actually sampled from next: account its shift

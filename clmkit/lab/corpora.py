@@ -169,17 +169,19 @@ def causal_chain_texts(n: int, seed: int = 0, settings: tuple[str, ...] = ("chai
             for it in axiomatic.generate(n, seed=seed, settings=settings)]
 
 
-def kv_recall(n: int, n_pairs: int, seed: int = 0) -> list[dict]:
-    """Key–value recall (associative recall): "k1:v1 k2:v2 ... ? kq:" -> "vq"; keys unique per item."""
+def kv_recall(n: int, n_pairs: int, seed: int = 0, keys: list[str] | None = None) -> list[dict]:
+    """Key–value recall (associative recall): "k1:v1 k2:v2 ... ? kq:" -> "vq"; keys unique per item,
+    drawn from `keys` (default: every two-letter string)."""
     rng = random.Random(seed)
     letters = "abcdefghijklmnopqrstuvwxyz"
+    pool = keys or [a + b for a in letters for b in letters]
     items = []
     for _ in range(n):
-        keys = rng.sample([a + b for a in letters for b in letters], n_pairs)
-        values = [str(rng.randrange(10)) for _ in keys]
+        chosen = rng.sample(pool, n_pairs)
+        values = [str(rng.randrange(10)) for _ in chosen]
         q = rng.randrange(n_pairs)
-        context = " ".join(f"{k}:{v}" for k, v in zip(keys, values))
-        items.append({"prompt": f"{context} ? {keys[q]}:", "answer": values[q]})
+        context = " ".join(f"{k}:{v}" for k, v in zip(chosen, values))
+        items.append({"prompt": f"{context} ? {chosen[q]}:", "answer": values[q]})
     return items
 
 

@@ -9,11 +9,15 @@
 
 `register(app, eval_app)` mounts them (the `train` group is created if no other module made it).
 Results: <output-dir>/<run>.jsonl (per-item records; a rerun resumes) and <run>.summary.{json,md,png}.
+Items run spread-first (a run stopped early has sampled the whole task); `--done-only` summarizes the
+finished items of a stopped run. `code` and `recall` only generate, so `--backend llama.cpp` runs them
+on the GGUF's own kernels; the others need torch logits under custom masks.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Optional
 
 import typer
@@ -49,13 +53,17 @@ def _positive(name: str, value: Optional[int]) -> None:
         raise InputError(f"{name} must be >= 1, got {value}")
 
 
-def _load(model: str):
+def _load(model: str, backend: str = "torch"):
     from clmkit.models import load
 
-    return load(model)
+    return load(model, backend=backend)
 
 
 MODEL = typer.Option("smollm2-135m", "--model", "-m", help="A clmkit model (embedded name, HF folder, .gguf).")
+DONE_ONLY = typer.Option(False, "--done-only", help="Summarize the items of this selection that are finished "
+                                                    "(an interrupted run); compute nothing new.")
+BACKEND = typer.Option("torch", "--backend", "-b", help="torch or llama.cpp (or auto): generation only, so the "
+                                                        "quantized llama.cpp kernels may run it (see docs/backends.md).")
 
 
 def eval_code(
@@ -63,9 +71,11 @@ def eval_code(
     strategy: list[str] = typer.Option(["plain", "cot", "secot"], "--strategy", "-s",
                                        help="plain, fewshot, cot, secot (repeatable; interleaved per item)."),
     model: str = MODEL,
+    backend: str = BACKEND,
     limit: Optional[int] = typer.Option(None, "--limit", "-n", help="N problems spread over the dataset."),
     timeout: float = typer.Option(10.0, "--timeout", help="Seconds per candidate in the sandbox."),
     memory_mb: int = typer.Option(1024, "--memory-mb", help="Address-space limit per candidate."),
+    done_only: bool = DONE_ONLY,
     output_dir: Path = typer.Option(Path("runs/prompting/code"), "--output-dir", "-o"),
 ):
     """SeCoT: pass@1 of code strategies, candidates executed in the sandbox."""
@@ -79,9 +89,9 @@ def eval_code(
         _positive("--limit", limit)
         if dataset not in DATASETS or any(s not in CODE_STRATEGIES for s in strategy):
             raise InputError(f"--dataset is one of {', '.join(DATASETS)}; --strategy of {', '.join(CODE_STRATEGIES)}")
-        lm = ClmkitModel(model)
+        lm = SimpleNamespace(name=model, backend=backend) if done_only else ClmkitModel(model, backend=backend)
         s = code_pass_at_1(lm, dataset, strategy, limit, output_dir / dataset, timeout_s=timeout, memory_mb=memory_mb,
-                           progress=progress)
+                           done_only=done_only, progress=progress)
         return s, ["strategy", "n", "correct", "pass@1", "ci95", "mean_s"]
 
     _run(f"{dataset} pass@1 · {model}", work)
@@ -89,10 +99,12 @@ def eval_code(
 
 def eval_recall(
     model: str = MODEL,
+    backend: str = BACKEND,
     limit: int = typer.Option(100, "--limit", "-n", help="Generated key-value recall items."),
     pairs: int = typer.Option(32, "--pairs", help="Key-value pairs per item."),
     rag: int = typer.Option(0, "--rag", help="Also N Spec-Bench rag questions (reference answers)."),
     seed: int = typer.Option(0, "--seed"),
+    done_only: bool = DONE_ONLY,
     output_dir: Path = typer.Option(Path("runs/prompting/recall"), "--output-dir", "-o"),
 ):
     """JRT-Prompt: recall accuracy and prefill cost, plain prompt vs the input read twice."""
@@ -101,7 +113,8 @@ def eval_recall(
     def work(progress):
         _positive("--limit", limit)
         _positive("--pairs", pairs)
-        s = recall(_load(model), limit, pairs, output_dir, rag_limit=rag, seed=seed, progress=progress)
+        s = recall(_load(model, backend), limit, pairs, output_dir, rag_limit=rag, seed=seed, done_only=done_only,
+                   progress=progress)
         return s, ["task", "method", "n", "accuracy", "ci95", "prompt_tokens", "prefill_ms_median", "prefill_x_plain"]
 
     _run(f"JRT · {model}", work)
@@ -112,6 +125,7 @@ def eval_position_bias(
     model: str = MODEL,
     limit: Optional[int] = typer.Option(100, "--limit", "-n"),
     score: str = typer.Option("content", "--score", help="content (log-likelihood of each option's text) or label."),
+    done_only: bool = DONE_ONLY,
     output_dir: Path = typer.Option(Path("runs/prompting/position"), "--output-dir", "-o"),
 ):
     """PINE: accuracy over every order of the options, plain vs PINE."""
@@ -119,7 +133,7 @@ def eval_position_bias(
 
     def work(progress):
         _positive("--limit", limit)
-        s = position_bias(_load(model), task, limit, output_dir, score=score, progress=progress)
+        s = position_bias(_load(model), task, limit, output_dir, score=score, done_only=done_only, progress=progress)
         return s, ["method", "n", "orders", "accuracy_mean", "accuracy_min", "accuracy_max", "spread", "consistency",
                    "picked_first_position"]
 
@@ -129,6 +143,7 @@ def eval_position_bias(
 def eval_judge(
     model: str = MODEL,
     limit: Optional[int] = typer.Option(40, "--limit", "-n"),
+    done_only: bool = DONE_ONLY,
     output_dir: Path = typer.Option(Path("runs/prompting/judge"), "--output-dir", "-o"),
 ):
     """PINE: LM-as-a-judge on Spec-Bench answer pairs with A/B swapped, plain vs PINE."""
@@ -136,7 +151,7 @@ def eval_judge(
 
     def work(progress):
         _positive("--limit", limit)
-        s = judge_consistency(_load(model), limit, output_dir, progress=progress)
+        s = judge_consistency(_load(model), limit, output_dir, done_only=done_only, progress=progress)
         return s, ["method", "n", "consistency", "consistency_ci95", "accuracy", "picked_A"]
 
     _run(f"judge swap consistency · {model}", work)
@@ -149,6 +164,7 @@ def eval_compress(
     model: str = MODEL,
     limit: Optional[int] = typer.Option(50, "--limit", "-n"),
     generate: bool = typer.Option(False, "--generate", help="GSM8K: also generate answers and score accuracy (slow)."),
+    done_only: bool = DONE_ONLY,
     output_dir: Path = typer.Option(Path("runs/prompting/compress"), "--output-dir", "-o"),
 ):
     """LLMLingua-2 vs LLMLingua-1 vs random vs the full prompt: answer likelihood, rate, prefill."""
@@ -159,7 +175,7 @@ def eval_compress(
         if not 0 < rate <= 1:
             raise InputError(f"--rate must be in (0, 1], got {rate}")
         s = compression(_load(model), compressor, source, limit, rate, output_dir, generate=generate,
-                        progress=progress)
+                        done_only=done_only, progress=progress)
         return s, ["method", "n", "rate_achieved", "answer_nll", "prefill_ms_median", "prefill_x_full"] + (
             ["accuracy", "ci95"] if generate else [])
 

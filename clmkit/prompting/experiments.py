@@ -28,6 +28,7 @@ import torch
 from clmkit.bench.report import markdown_table, write_json
 from clmkit.errors import InputError
 from clmkit.models import Model
+from clmkit.prompting.stats import bootstrap_ci, mean_ci, paired_binary, paired_diff
 from clmkit.reasoning.evaluate import select, wilson
 
 
@@ -45,14 +46,40 @@ class Records:
                     self.rows[row["key"]] = row
                 except (json.JSONDecodeError, KeyError):
                     continue  # torn last line
+        # a killed run may leave a torn last line: the next record must start on a line of its own
+        # (only the writer fixes it, so a --done-only reader never touches a file being written)
+        self.torn = self.path.exists() and not self.path.read_bytes().endswith(b"\n") and self.path.stat().st_size > 0
+
+    def has_all(self, keys) -> bool:
+        return all(key in self.rows for key in keys)
 
     def get_or_make(self, key: str, make: Callable[[], dict]) -> dict:
         if key not in self.rows:
             row = {"key": key, **make()}
             with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row, default=str) + "\n")
+                f.write(("\n" if self.torn else "") + json.dumps(row, default=str) + "\n")
+            self.torn = False
             self.rows[key] = row
         return self.rows[key]
+
+
+def spread_first(items: list) -> list:
+    """The same items in bit-reversed index order (0, n/2, n/4, 3n/4, ...): every prefix is spread
+    over the whole list, so a run stopped at a deadline has still sampled every part of it."""
+    bits = max(1, (len(items) - 1).bit_length())
+    return [items[i] for i in sorted(range(len(items)), key=lambda i: int(f"{i:0{bits}b}"[::-1], 2))]
+
+
+def _done(records: "Records", items: list, keys_of: Callable, done_only: bool) -> list:
+    """With `done_only`, only the items whose every record exists (an interrupted run's summary);
+    otherwise all items, the ones an earlier run started first (finishing them is the cheapest)."""
+    if not done_only:
+        started = [any(key in records.rows for key in keys_of(item)) for item in items]
+        return [item for item, s in zip(items, started) if s] + [item for item, s in zip(items, started) if not s]
+    done = [item for item in items if records.has_all(keys_of(item))]
+    if not done:
+        raise InputError(f"--done-only: no item of this selection is finished in {records.path}")
+    return done
 
 
 def _proportion(hits: int, n: int) -> dict:
@@ -99,7 +126,9 @@ def _tick(progress, task) -> None:
 
 
 def code_pass_at_1(text_model, dataset: str, strategies: list[str], limit: int | None, out: Path, *,
-                   timeout_s: float = 10.0, memory_mb: int = 1024, progress=None) -> dict:
+                   timeout_s: float = 10.0, memory_mb: int = 1024, done_only: bool = False, progress=None) -> dict:
+    """pass@1 per strategy on `limit` problems spread over the dataset. `done_only`: summarize the
+    problems every strategy has a record for (an interrupted run) and generate nothing."""
     from clmkit.prompting.sandbox import run_program
     from clmkit.prompting.secot import CODE_STRATEGIES, extract_code, program_with_tests
     from clmkit.tasks.code import load_code
@@ -107,8 +136,9 @@ def code_pass_at_1(text_model, dataset: str, strategies: list[str], limit: int |
     unknown = [s for s in strategies if s not in CODE_STRATEGIES]
     if unknown:
         raise InputError(f"unknown code strategy {unknown[0]!r}; choose from {', '.join(CODE_STRATEGIES)}")
-    items = select(load_code(dataset), limit)
     records = Records(Path(out) / f"{dataset}__{text_model.name.replace('/', '-')}.jsonl")
+    items = _done(records, spread_first(select(load_code(dataset), limit)),
+                  lambda i: [f"{i.id}|{s}" for s in strategies], done_only)
     task = progress.add_task(f"{dataset} pass@1", total=len(items) * len(strategies)) if progress else None
 
     def attempt(item, strategy):
@@ -133,8 +163,12 @@ def code_pass_at_1(text_model, dataset: str, strategies: list[str], limit: int |
         statuses = {k: sum(r["status"] == k for r in rs) for k in sorted({r["status"] for r in rs})}
         rows.append({"strategy": strategy, **stat, "pass@1": stat["accuracy"], "statuses": statuses,
                      "mean_s": round(statistics.mean(r["seconds"] for r in rs), 1)})
-    summary = {"dataset": dataset, "model": text_model.name, "n": len(items), "rows": rows,
-               "isolation": sorted({r["isolation"] for rs in per.values() for r in rs})}
+    summary = {"dataset": dataset, "model": text_model.name, "backend": getattr(text_model, "backend", None),
+               "n": len(items), "rows": rows,
+               "isolation": sorted({r["isolation"] for rs in per.values() for r in rs}),
+               "paired": {f"{s} vs {strategies[0]}": paired_binary([r["passed"] for r in per[s]],
+                                                                   [r["passed"] for r in per[strategies[0]]])
+                          for s in strategies[1:]}}
     plot = lambda p: _bars(p, [r["strategy"] for r in rows], [r["pass@1"] for r in rows],
                            [tuple(r["ci95"]) for r in rows], "pass@1", f"{dataset}, {text_model.name}, n={len(items)}")
     return _finish(records, f"{dataset} pass@1 ({text_model.name})", summary, rows,
@@ -166,16 +200,21 @@ def _normal(text: str) -> str:
     return " ".join(re.findall(r"\w+", text.lower()))
 
 
-def recall(model: Model, n: int, pairs: int, out: Path, *, rag_limit: int = 0, seed: int = 0, progress=None) -> dict:
+def recall(model: Model, n: int, pairs: int, out: Path, *, rag_limit: int = 0, seed: int = 0, done_only: bool = False,
+           progress=None) -> dict:
     """Plain vs JRT prompt on generated key-value recall (exact value) and Spec-Bench rag
-    (an answer counts when it contains one of the reference answers, NQ's lenient match)."""
+    (an answer counts when it contains one of the reference answers, NQ's lenient match); the two
+    tasks' items alternate, each in spread-first order."""
     from clmkit.engine import Engine
     from clmkit.prompting.jrt import jrt_prompt, recall_correct, recall_items
 
     engine = Engine(model)
     records = Records(Path(out) / f"recall__{model.name}.jsonl")
-    kv = recall_items(n, pairs, seed)
-    rag = _rag_items(rag_limit) if rag_limit else []
+    keys = lambda item_id: [f"{item_id}|plain", f"{item_id}|jrt"]
+    kv = _done(records, spread_first(recall_items(n, pairs, seed)), lambda i: keys(i.id), done_only)
+    rag = spread_first(_rag_items(rag_limit)) if rag_limit else []
+    if done_only:  # the rag questions are the long ones: an interrupted run may have finished none
+        rag = [i for i in rag if records.has_all(keys(i["id"]))]
     task = progress.add_task("recall", total=2 * (len(kv) + len(rag))) if progress else None
 
     def ask(key, prompt, tokens, check):
@@ -187,17 +226,20 @@ def recall(model: Model, n: int, pairs: int, out: Path, *, rag_limit: int = 0, s
         _tick(progress, task)
         return row
 
-    results: dict[tuple[str, str], list[dict]] = {}
-    for item in kv:
+    results: dict[tuple[str, str], list[dict]] = {("kv-recall", m): [] for m in ("plain", "jrt")}
+    results.update({("specbench-rag", m): [] for m in ("plain", "jrt")} if rag else {})
+    for k in range(max(len(kv), len(rag))):
         for method, repeats in (("plain", 1), ("jrt", 2)):
-            prompt = jrt_prompt(item.meta["context"], item.meta["question"], repeats)
-            results.setdefault(("kv-recall", method), []).append(
-                ask(f"{item.id}|{method}", prompt, 24, lambda text, a=item.answer: recall_correct(text, a)))
-    for item in rag:
-        for method, repeats in (("plain", 1), ("jrt", 2)):
-            prompt = jrt_prompt(item["context"], item["question"], repeats)
-            check = lambda text, refs=item["refs"]: any(_normal(r) and _normal(r) in _normal(text) for r in refs)
-            results.setdefault(("specbench-rag", method), []).append(ask(f"{item['id']}|{method}", prompt, 32, check))
+            if k < len(kv):
+                item = kv[k]
+                prompt = jrt_prompt(item.meta["context"], item.meta["question"], repeats)
+                results["kv-recall", method].append(
+                    ask(f"{item.id}|{method}", prompt, 24, lambda text, a=item.answer: recall_correct(text, a)))
+            if k < len(rag):
+                item = rag[k]
+                prompt = jrt_prompt(item["context"], item["question"], repeats)
+                check = lambda text, refs=item["refs"]: any(_normal(r) and _normal(r) in _normal(text) for r in refs)
+                results["specbench-rag", method].append(ask(f"{item['id']}|{method}", prompt, 32, check))
     rows = []
     for (task_name, method), rs in results.items():
         rows.append({"task": task_name, "method": method, **_proportion(sum(r["correct"] for r in rs), len(rs)),
@@ -206,7 +248,10 @@ def recall(model: Model, n: int, pairs: int, out: Path, *, rag_limit: int = 0, s
     for r in rows:  # prefill cost relative to the plain prompt of the same task
         base = next(b for b in rows if b["task"] == r["task"] and b["method"] == "plain")
         r["prefill_x_plain"] = round(r["prefill_ms_median"] / base["prefill_ms_median"], 2)
-    summary = {"model": model.name, "pairs": pairs, "seed": seed, "rows": rows}
+    paired = {t: paired_binary([r["correct"] for r in results[(t, "jrt")]], [r["correct"] for r in results[(t, "plain")]])
+              for t in sorted({t for t, _ in results})}  # a = jrt, b = plain
+    summary = {"model": model.name, "backend": model.runner().name, "pairs": pairs, "seed": seed, "rows": rows,
+               "paired_jrt_vs_plain": paired}
     plot = lambda p: _bars(p, [f"{r['task']}\n{r['method']}" for r in rows], [r["accuracy"] for r in rows],
                            [tuple(r["ci95"]) for r in rows], "accuracy", f"JRT vs plain, {model.name}")
     return _finish(records, f"JRT recall ({model.name})", summary, rows,
@@ -229,16 +274,26 @@ def _pick(logits: torch.Tensor, label_ids: list[list[int]]) -> int:
 
 def option_layout(item) -> tuple[str, list[str], str]:
     """(text before the options, option labels, text after them) of a multiple-choice item whose
-    prompt lists "LABEL. choice" lines (COLD, CausalNet)."""
+    prompt lists "LABEL. choice" lines (COLD, CausalNet). A closed question that lists none of its
+    options (CLadder's yes/no) gets them listed after it as "A. yes" / "B. no" lines, then "Answer:",
+    so their order can move too."""
     from clmkit.reasoning.strategies import choice_labels
 
     labels = choice_labels(item)
+    listed = [f"{label}. {choice}" in item.prompt for label, choice in zip(labels, item.choices)]
+    if not any(listed):
+        return (f"{item.prompt.rstrip()}\nChoose one of the options ({' or '.join(labels)}).\n", labels, "Answer:")
     first, last = f"{labels[0]}. {item.choices[0]}", f"{labels[-1]}. {item.choices[-1]}"
-    if first not in item.prompt or last not in item.prompt:
+    if not all(listed):
         raise InputError(f"item {item.id} does not list its options as 'LABEL. choice' lines")
     start = item.prompt.index(first)
     end = item.prompt.index(last, start) + len(last)
     return item.prompt[:start], labels, item.prompt[end:].lstrip("\n")
+
+
+def gold_index(item) -> int:
+    """The gold option's index: COLD / CausalNet store it, CLadder stores the answer text ("yes")."""
+    return item.answer if isinstance(item.answer, int) else item.choices.index(item.answer)
 
 
 def _choose(model, prefix, segments, suffix, label_ids, pine: bool, answers: list[str] | None = None) -> int:
@@ -262,7 +317,7 @@ def _choose(model, prefix, segments, suffix, label_ids, pine: bool, answers: lis
 
 
 def position_bias(model: Model, task: str, limit: int | None, out: Path, score: str = "content",
-                  progress=None) -> dict:
+                  done_only: bool = False, progress=None) -> dict:
     """Accuracy of plain vs PINE under every order of each item's options (labels stay in display
     order, contents move); spread = best - worst order's accuracy. `score`: "label" reads the
     answer label's logit, "content" the log-likelihood of each option's text as the reply."""
@@ -273,8 +328,8 @@ def position_bias(model: Model, task: str, limit: int | None, out: Path, score: 
     items = [i for i in load_task(task) if i.choices and len(i.choices) <= 4]
     if not items:
         raise InputError(f"task {task!r} has no multiple-choice items with at most 4 options")
-    items = select(items, limit)
     records = Records(Path(out) / f"position__{task}__{score}__{model.name}.jsonl")
+    items = _done(records, spread_first(select(items, limit)), lambda i: [f"{i.id}|plain", f"{i.id}|pine"], done_only)
     orders = list(itertools.permutations(range(len(items[0].choices))))
     bar = progress.add_task(f"{task} orders", total=len(items) * len(orders) * 2) if progress else None
     picks: dict[str, list[list[int]]] = {"plain": [], "pine": []}
@@ -289,18 +344,26 @@ def position_bias(model: Model, task: str, limit: int | None, out: Path, score: 
                     answers = None if score == "label" else [item.choices[c] for c in order]
                     chosen.append(order[_choose(model, prefix, segments, suffix, label_ids, method == "pine", answers)])
                     _tick(progress, bar)
-                return {"id": item.id, "method": method, "gold": item.answer, "chosen": chosen}
+                return {"id": item.id, "method": method, "gold": gold_index(item), "chosen": chosen}
             picks[method].append(records.get_or_make(f"{item.id}|{method}", make)["chosen"])
-    golds = [item.answer for item in items]
+    golds = [gold_index(item) for item in items]
+
+    def order_accuracies(pairs):  # [(chosen per order, gold)] -> accuracy in each order
+        return [sum(c[o] == g for c, g in pairs) / len(pairs) for o in range(len(orders))]
+
+    spread_of = lambda pairs: max(order_accuracies(pairs)) - min(order_accuracies(pairs))
     rows = []
     for method, chosen in picks.items():
-        per_order = [sum(c[o] == g for c, g in zip(chosen, golds)) / len(items) for o in range(len(orders))]
+        per_order = order_accuracies(list(zip(chosen, golds)))
         consistent = sum(len(set(c)) == 1 for c in chosen)
         first = sum(c[o] == orders[o][0] for c in chosen for o in range(len(orders)))
         rows.append({"method": method, "n": len(items), "orders": len(orders),
                      "accuracy_mean": round(statistics.mean(per_order), 3),
                      "accuracy_min": round(min(per_order), 3), "accuracy_max": round(max(per_order), 3),
                      "spread": round(max(per_order) - min(per_order), 3),
+                     "spread_ci95": bootstrap_ci(list(zip(chosen, golds)), spread_of),
+                     "accuracy_mean_ci95": bootstrap_ci(list(zip(chosen, golds)),
+                                                        lambda ps: statistics.mean(order_accuracies(ps))),
                      "same_answer_all_orders": consistent, "consistency": round(consistent / len(items), 3),
                      "consistency_ci95": [round(x, 3) for x in wilson(consistent, len(items))],
                      "picked_first_position": round(first / (len(items) * len(orders)), 3),
@@ -309,8 +372,8 @@ def position_bias(model: Model, task: str, limit: int | None, out: Path, score: 
     plot = lambda p: _bars(p, [r["method"] for r in rows], [r["spread"] for r in rows], None,
                            "accuracy spread over option orders", f"{task}, {model.name}, n={len(items)}")
     return _finish(records, f"position bias on {task}, {score} scoring ({model.name})", summary, rows,
-                   ["method", "n", "orders", "accuracy_mean", "accuracy_min", "accuracy_max", "spread",
-                    "consistency", "consistency_ci95", "picked_first_position"], plot)
+                   ["method", "n", "orders", "accuracy_mean", "accuracy_mean_ci95", "accuracy_min", "accuracy_max",
+                    "spread", "spread_ci95", "consistency", "consistency_ci95", "picked_first_position"], plot)
 
 
 def judge_pairs(limit: int | None, seed: int = 0) -> list[dict]:
@@ -333,10 +396,11 @@ def judge_pairs(limit: int | None, seed: int = 0) -> list[dict]:
     return select(pairs, limit)
 
 
-def judge_consistency(model: Model, limit: int | None, out: Path, progress=None) -> dict:
+def judge_consistency(model: Model, limit: int | None, out: Path, done_only: bool = False, progress=None) -> dict:
     """LM-as-a-judge, A/B swapped: consistent = the same response wins in both orders."""
     records = Records(Path(out) / f"judge__{model.name}.jsonl")
-    pairs = judge_pairs(limit)
+    pairs = _done(records, spread_first(judge_pairs(limit)), lambda p: [f"{p['id']}|plain", f"{p['id']}|pine"],
+                  done_only)
     bar = progress.add_task("judge pairs", total=len(pairs) * 2) if progress else None
     label_ids = _label_ids(model.tokenizer, ["A", "B"])
     prefix_of = lambda p: (f"Which response answers the question better?\nQuestion: {p['question'][:1500]}\n")
@@ -361,13 +425,16 @@ def judge_consistency(model: Model, limit: int | None, out: Path, progress=None)
         rows.append({"method": method, "n": len(ws), "consistent": consistent,
                      "consistency": round(consistent / len(ws), 3),
                      "consistency_ci95": [round(x, 3) for x in wilson(consistent, len(ws))],
-                     "accuracy": round(good / (2 * len(ws)), 3), "picked_A": round(first / (2 * len(ws)), 3)})
+                     "accuracy": round(good / (2 * len(ws)), 3),
+                     "accuracy_ci95": bootstrap_ci(ws, lambda v: sum(x == "good" for w in v for x in w) / (2 * len(v))),
+                     "picked_A": round(first / (2 * len(ws)), 3)})
     summary = {"model": model.name, "rows": rows, "categories": sorted({p["category"] for p in pairs})}
     plot = lambda p: _bars(p, [r["method"] for r in rows], [r["consistency"] for r in rows],
                            [tuple(r["consistency_ci95"]) for r in rows], "swap consistency",
                            f"LM-as-a-judge, {model.name}, n={len(pairs)}")
     return _finish(records, f"judge swap consistency ({model.name})", summary, rows,
-                   ["method", "n", "consistent", "consistency", "consistency_ci95", "accuracy", "picked_A"], plot)
+                   ["method", "n", "consistent", "consistency", "consistency_ci95", "accuracy", "accuracy_ci95",
+                    "picked_A"], plot)
 
 
 # ---- compression: ratio vs answer likelihood, prefill saved -------------------------------------
@@ -393,7 +460,7 @@ def _answer_nll_and_prefill(model: Model, prompt_ids: list[int], answer_ids: lis
 
 
 def compression(model: Model, compressor_dir: Path | None, source: str, limit: int | None, rate: float, out: Path, *,
-                generate: bool = False, seed: int = 0, progress=None) -> dict:
+                generate: bool = False, seed: int = 0, done_only: bool = False, progress=None) -> dict:
     """full vs LLMLingua-2 (trained compressor) vs LLMLingua-1 (self-information) vs random words,
     all at `rate`: answer NLL/token (gold solution / reference summary, teacher forced), achieved
     rate, prefill time; with `generate`, GSM8K accuracy of a greedy answer (256 tokens)."""
@@ -402,16 +469,18 @@ def compression(model: Model, compressor_dir: Path | None, source: str, limit: i
     from clmkit.prompting.compress import Compressor, select as keep_words, self_information, split_words
     from clmkit.prompting.compress_data import last_number, load_items
 
-    items = select(load_items(source, "eval"), limit)
+    numbered = list(enumerate(select(load_items(source, "eval"), limit)))  # the index seeds the random baseline
     head, tail = user_turn(model.tokenizer) if model.chat else ("", "")
     compressor = Compressor.load(compressor_dir, model) if compressor_dir else None
     engine = Engine(model)
     methods = ["full"] + (["llmlingua2"] if compressor else []) + ["selfinfo", "random"]
     records = Records(Path(out) / f"compress__{source}__r{rate}__{model.name}.jsonl")
+    numbered = _done(records, spread_first(numbered), lambda ii: [f"{ii[1].id}|{m}" for m in methods], done_only)
+    items = [item for _, item in numbered]
     bar = progress.add_task(f"{source} @ {rate}", total=len(items) * len(methods)) if progress else None
     tok = lambda text: list(model.tokenizer(text, add_special_tokens=False)["input_ids"])
     results: dict[str, list[dict]] = {m: [] for m in methods}
-    for index, item in enumerate(items):
+    for index, item in numbered:
         for method in methods:
             def make(method=method):
                 started = time.perf_counter()
@@ -445,6 +514,7 @@ def compression(model: Model, compressor_dir: Path | None, source: str, limit: i
                "rate_achieved": round(statistics.mean(r["rate"] for r in rs), 3),
                "answer_nll": round(statistics.mean(r["nll"] for r in rs), 3),
                "answer_nll_sd": round(statistics.stdev(r["nll"] for r in rs), 3) if len(rs) > 1 else 0.0,
+               "answer_nll_ci95": [round(x, 3) for x in mean_ci([r["nll"] for r in rs])["ci95"]],
                "prompt_tokens": round(statistics.mean(r["prompt_tokens"] for r in rs), 1),
                "prefill_ms_median": round(1000 * statistics.median(r["prefill_s"] for r in rs), 1),
                "compress_ms_median": round(1000 * statistics.median(r["compress_s"] for r in rs), 1)}
@@ -452,10 +522,13 @@ def compression(model: Model, compressor_dir: Path | None, source: str, limit: i
         if all("correct" in r for r in rs):
             row.update(_proportion(sum(r["correct"] for r in rs), len(rs)))
         rows.append(row)
+    nll = {m: [r["nll"] for r in rs] for m, rs in results.items()}
+    versus = list(itertools.combinations(methods[1:] + ["full"], 2))  # (llmlingua2, selfinfo), ..., (random, full)
     summary = {"source": source, "rate": rate, "model": model.name, "rows": rows,
-               "compressor": str(compressor_dir) if compressor_dir else None}
+               "compressor": str(compressor_dir) if compressor_dir else None,
+               "paired_answer_nll": {f"{a} - {b}": paired_diff(nll[a], nll[b]) for a, b in versus}}
     plot = lambda p: _bars(p, [r["method"] for r in rows], [r["answer_nll"] for r in rows], None,
                            "answer NLL / token (lower = better)", f"{source}, rate {rate}, {model.name}, n={len(items)}")
-    columns = ["method", "n", "rate_target", "rate_achieved", "answer_nll", "answer_nll_sd", "prompt_tokens",
+    columns = ["method", "n", "rate_target", "rate_achieved", "answer_nll", "answer_nll_ci95", "prompt_tokens",
                "prefill_ms_median", "prefill_x_full", "compress_ms_median"] + (["accuracy", "ci95"] if generate else [])
     return _finish(records, f"compression on {source} at rate {rate} ({model.name})", summary, rows, columns, plot)

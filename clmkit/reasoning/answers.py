@@ -6,7 +6,7 @@ those as "unparsed" (and wrong). Formats, from `TaskItem.meta["answer_format"]`:
     yes/no   "Yes.", "no", "The answer is yes", "Answer: **No**", "\\boxed{yes}"
     choice   "B", "(B)", "Option 2", "The answer is (A)", or the text of exactly one choice;
              labels come from meta["choice_labels"] (default "A", "B", ...)
-    number   "0.2390", "the answer is -0.05", '{"ANSWER": "0.12"}'
+    number   "0.2390", "the answer is -0.05", '{"ANSWER": "0.12"}', "1,000" (thousands separators)
     text     the text itself (graded by ROUGE-L recall, as CaLM does)
 """
 
@@ -102,18 +102,27 @@ def extract_choice(text: str, labels: list[str], choices: list[str] | None = Non
     return None
 
 
-_NUMBER = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?")
+# A number, with thousands separators read as one number ("1,000" -> 1000, "$12,345.50" -> 12345.5):
+# 1-3 digits then groups of exactly three after each comma, not glued to more digits or commas
+# ("1,0000" and "1,000,00" are not thousands-grouped). A comma followed by a space or by fewer or
+# more than three digits separates numbers, so lists stay lists: "1, 2" and "1,2,3" are 1, 2 (and 3).
+_NUMBER = re.compile(r"[-+]?(?:(?<![\d,])\d{1,3}(?:,\d{3})+(?!,?\d)(?:\.\d*)?|\d+\.\d*|\.\d+|\d+)"
+                     r"(?:[eE][-+]?\d+)?")
+
+
+def _number(text: str) -> float:
+    return float(text.replace(",", ""))
 
 
 def extract_number(text: str) -> float | None:
     text = _clean(text or "")
-    m = re.search(r"ANSWER\s*:?\s*\{?\s*:?\s*\"?\s*([-+]?[\d.]+)", text, re.I)
+    m = re.search(r"ANSWER\s*:?\s*\{?\s*:?\s*\"?\s*([-+]?[\d.,]+)", text, re.I)
     for tail in ([m.group(1)] if m else []) + _after_cues(text):
         n = _NUMBER.search(tail)
         if n:
-            return float(n.group())
+            return _number(n.group())
     numbers = _NUMBER.findall(text)
-    return float(numbers[-1]) if numbers else None
+    return _number(numbers[-1]) if numbers else None
 
 
 def extract(item: TaskItem, text: str) -> Any:

@@ -5,6 +5,7 @@
     clm eval causal --task cladder --strategy direct-ll                 # log-likelihood scoring
     clm eval causal --task cladder --strategy cot --batch-size 8        # 8 items decoded together
     clm eval causal --task cladder --strategy cot --ray auto            # over a Ray cluster
+    clm eval causal --task cladder --strategy cot --backend torch      # HF kernels (default auto: llama.cpp for GGUF)
 
 `clmkit.cli` mounts `eval_causal` on the `eval` group. Predictions go to
 <output-dir>/<task>__<strategy>__<model>.jsonl as they are made (a rerun resumes), and the
@@ -59,10 +60,12 @@ def eval_causal(
                                                           "machine), 'auto' (the cluster this machine is in) or "
                                                           "ray://HOST:PORT. Needs clmkit[ray]."),
     ray_workers: Optional[int] = typer.Option(None, "--ray-workers", help="Ray actors (default: one per CPU)."),
+    backend: str = typer.Option("auto", "--backend", help="clmkit models: auto (llama.cpp for GGUF/embedded models "
+                                                          "when installed), torch or llama.cpp."),
 ):
     """Evaluate a model with a prompting strategy on a causal-reasoning task."""
     from clmkit.reasoning.evaluate import batched, metrics, predictions_path, run, select, write_report
-    from clmkit.reasoning.lm import make_model
+    from clmkit.reasoning.lm import make_model, parse_model_spec
     from clmkit.tasks.registry import load_task
 
     if strategy not in STRATEGIES:
@@ -73,18 +76,27 @@ def eval_causal(
         _fail(f"--batch-size must be >= 1, got {batch_size}")
     try:
         items = select(load_task(task), limit)
+        kind, model_name = parse_model_spec(model)
+        if kind != "clmkit" or strategy == "solver":
+            backend_name = None  # an endpoint runs its own kernels; solver runs none
+            if backend not in ("auto", "torch"):
+                make_model(model, backend=backend)  # the clear error for --backend on an endpoint
+        else:
+            from clmkit.models import resolve_backend
+
+            backend_name = resolve_backend(model, backend)
         if ray is not None:  # the workers load the model; this process only writes the records
             from clmkit.reasoning.distributed import ModelSpec, ray_executor
-            from clmkit.reasoning.lm import parse_model_spec
 
             lm = None
-            name = NoModel.name if strategy == "solver" else parse_model_spec(model)[1] or model
-            executor = ray_executor(ModelSpec(model, base_url, api_key_env, timeout, drafter), strategy,
-                                    address=ray, workers=ray_workers, batch_size=batch_size)
+            name = NoModel.name if strategy == "solver" else model_name or model
+            executor = ray_executor(ModelSpec(model, base_url, api_key_env, timeout, drafter, backend_name or "torch"),
+                                    strategy, address=ray, workers=ray_workers, batch_size=batch_size)
         else:
             # the exact engine answers alone: no LM is loaded, and none is named in the outputs
             lm = NoModel() if strategy == "solver" else make_model(model, base_url=base_url, api_key_env=api_key_env,
-                                                                    timeout=timeout, drafter=drafter)
+                                                                    timeout=timeout, drafter=drafter,
+                                                                    backend=backend_name or "torch")
             name, executor = lm.name, batched(lm, strategy, batch_size)
     except (ClmkitError, FileNotFoundError) as e:
         _fail(str(e))
@@ -105,7 +117,7 @@ def eval_causal(
         bar = progress.add_task("eval", total=len(items), acc="-")
         try:
             records = run(items, lm, strategy, path, task=task, resume=resume, on_record=on_record,
-                          executor=executor, model_name=name)
+                          executor=executor, model_name=name, backend=backend_name)
         except ClmkitError as e:  # e.g. the Ray cluster cannot be reached; the JSONL keeps what was done
             _fail(str(e))
     wanted = {item.id for item in items}

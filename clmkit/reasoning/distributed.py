@@ -35,12 +35,13 @@ class ModelSpec:
     api_key_env: str = "OPENAI_API_KEY"
     timeout: float = 60.0
     drafter: str | None = None
+    backend: str = "torch"
 
     def build(self):
         from clmkit.reasoning.lm import make_model
 
         return make_model(self.name, base_url=self.base_url, api_key_env=self.api_key_env, timeout=self.timeout,
-                          drafter=self.drafter)
+                          drafter=self.drafter, backend=self.backend)
 
 
 class EvalWorker:

@@ -23,6 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from clmkit.errors import InputError
 from clmkit.reasoning.answers import extract, grade
 from clmkit.reasoning.lm import TextModel
 from clmkit.reasoning.strategies import STRATEGIES
@@ -111,18 +112,24 @@ def batched(model: TextModel, strategy: str, batch_size: int) -> Executor:
 
 def run(items: Iterable[TaskItem], model: TextModel | None, strategy: str, path: Path, *, task: str = "",
         resume: bool = True, on_record=None, executor: Executor | None = None,
-        model_name: str | None = None) -> list[dict]:
+        model_name: str | None = None, backend: str | None = None) -> list[dict]:
     """Append one record per item to `path` (flushed each time); skip items already there if resuming.
 
     `executor` runs the items still to do (default: one after another with `model`); with a remote
-    executor `model` may be None and `model_name` names it."""
+    executor `model` may be None and `model_name` names it. `backend` (default: the model's) is
+    recorded per row, and a resumed file must have been made on the same one."""
     if strategy not in STRATEGIES:
         raise KeyError(strategy)
     executor = executor or serial(model, strategy)
     model_name = model_name or getattr(model, "name", "?")
+    backend = backend or getattr(model, "backend", None)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     done = read_records(path) if resume else []
+    other = {r.get("backend") for r in done} - {backend, None} if backend else set()
+    if other:  # kernels round differently: one file, one backend
+        raise InputError(f"{path} holds predictions made on the {', '.join(sorted(other))} backend, not {backend}; "
+                         "use the same --backend, --restart, or another --output-dir")
     seen = {r["id"] for r in done if r.get("error") is None}  # rows that failed are tried again
     records = [r for r in done if r["id"] in seen]
     if resume and path.exists() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
@@ -139,6 +146,8 @@ def run(items: Iterable[TaskItem], model: TextModel | None, strategy: str, path:
     with open(path, "a" if resume else "w", encoding="utf-8") as f:
         for record in executor(todo):
             record.update(task=task_of[record["id"]], strategy=strategy, model=model_name)
+            if backend:
+                record["backend"] = backend
             f.write(json.dumps(record, default=str) + "\n")
             f.flush()
             records.append(record)

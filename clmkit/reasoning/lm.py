@@ -44,14 +44,18 @@ def _cut_at_stop(text: str, stop: Sequence[str] | None) -> str:
 class ClmkitModel:
     """A model run by clmkit's own decoding engine (greedy, chat template when the model has one).
 
-    `drafter` (e.g. "recycling") speeds decoding up losslessly: greedy output is token-identical."""
+    `drafter` (e.g. "recycling") speeds decoding up losslessly: greedy output is token-identical.
+    `backend`: "torch" (HF's fp32 forward, the reference), "llama.cpp" (the GGUF's quantized kernels:
+    faster decoding, slower prefill here; greedy answers equal torch's up to near-ties, see
+    docs/reasoning.md) or "auto" (llama.cpp for GGUF / embedded models when llama-cpp-python is installed)."""
 
-    def __init__(self, name: str, chat: bool | None = None, drafter: str | None = None):
+    def __init__(self, name: str, chat: bool | None = None, drafter: str | None = None, backend: str = "torch"):
         from clmkit import Engine, load  # lazy: importing this module must not import torch
 
         self.name = name
         self.chat = chat
-        self.engine = Engine(load(name), drafter=drafter)
+        self.engine = Engine(load(name, backend=backend), drafter=drafter)
+        self.backend = self.engine.backend.name  # recorded with every prediction
 
     def complete(self, prompt: str, *, max_new_tokens: int, stop: list[str] | None = None) -> str:
         completion = self.engine.complete(prompt, max_new_tokens=max_new_tokens, temperature=0.0,
@@ -150,14 +154,19 @@ def parse_model_spec(spec: str) -> tuple[str, str]:
 
 
 def make_model(spec: str, *, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-               timeout: float = 60.0, drafter: str | None = None) -> TextModel:
+               timeout: float = 60.0, drafter: str | None = None, backend: str = "torch") -> TextModel:
+    from clmkit.backends import check_name
+
     kind, name = parse_model_spec(spec)
+    check_name(backend)
     if drafter and kind != "clmkit":
         raise InputError("--drafter is only for clmkit models (speculative decoding runs locally)")
+    if backend not in ("auto", "torch") and kind != "clmkit":
+        raise InputError(f"--backend {backend} is only for clmkit models (an endpoint runs its own)")
     if kind == "openai":
         return OpenAIModel(name, base_url or "https://api.openai.com/v1", api_key_env=api_key_env, timeout=timeout)
     if kind == "fake":  # "fake:yes" always answers "yes" (smoke tests of the pipeline)
         return FakeModel([name or "yes"])
     if base_url:
         raise InputError("--base-url is only for --model openai:NAME")
-    return ClmkitModel(name, drafter=drafter)
+    return ClmkitModel(name, drafter=drafter, backend=backend)

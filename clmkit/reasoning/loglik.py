@@ -6,9 +6,10 @@ highest one wins (lm-eval's `acc`); `acc_norm` divides each log-probability by t
 in characters first (lm-eval's `acc_norm`, which normalises by `len(choice)` characters, not
 tokens). The shared context is computed once:
 
-    prefill(context[:-1])                 -> KV cache                 (one causal forward)
+    seq = backend.sequence(...)           torch or llama.cpp (clmkit/backends)
+    seq.prefill(context[:-1])             -> KV cache                 (one causal forward)
     tree = trie of the continuations under the root context[-1]
-    logits = forward.tree(tree, cache)    -> every choice's tokens     (one tree forward)
+    logits = seq.tree(tree)               -> every choice's tokens     (one tree forward)
     logprob(choice) = sum_j log_softmax(logits[parent(node_j)])[token_j]
 
 The trie shares common first tokens between choices, so every distinct (prefix, token) pair is
@@ -23,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
+from clmkit.backends import Backend
+from clmkit.backends.torch import TorchSequence
 from clmkit.errors import InputError
 from clmkit.hf_adapter import Forward, new_cache
 from clmkit.tree import TokenTree
@@ -66,17 +69,25 @@ def choice_trie(root: int, continuations: list[list[int]]) -> tuple[TokenTree, l
 
 
 @torch.inference_mode()
-def score_continuations(forward: Forward, context: list[int], continuations: list[list[int]]) -> list[ChoiceScore]:
-    """log p(continuation | context) for each continuation: the context once, all choices in one tree forward."""
+def score_continuations(runner: Forward | Backend, context: list[int], continuations: list[list[int]]) -> list[ChoiceScore]:
+    """log p(continuation | context) for each continuation: the context once, all choices in one tree forward.
+
+    `runner`: a backend (torch or llama.cpp: its `Sequence` does prefill + tree), or a bare HF `Forward`."""
     if not context:
         raise InputError("log-likelihood scoring needs a non-empty context")
     if any(not c for c in continuations):
         raise InputError("every continuation must have at least one token")
     tree, paths = choice_trie(context[-1], continuations)
-    cache = new_cache(forward.model, len(context) + len(tree))
-    if len(context) > 1:  # the root (context[-1]) is fed with the tree, as in decoding
-        forward(torch.tensor([context[:-1]]), torch.arange(len(context) - 1)[None], cache, last_only=True)
-    logprobs = forward.tree(tree, cache).float().log_softmax(-1)  # [nodes, vocab]; row i predicts i's children
+    if isinstance(runner, Forward):
+        seq = TorchSequence(runner, new_cache(runner.model, len(context) + len(tree)))
+    else:  # on llama.cpp the tree takes one sequence id per leaf (a choice that is no other's prefix)
+        seq = runner.sequence(len(context) + len(tree))
+    try:
+        if len(context) > 1:  # the root (context[-1]) is fed with the tree, as in decoding
+            seq.prefill(context[:-1])
+        logprobs = seq.tree(tree).float().log_softmax(-1)  # [nodes, vocab]; row i predicts i's children
+    finally:
+        seq.close()
     scores = []
     for continuation, path in zip(continuations, paths):
         targets = torch.tensor(continuation)
@@ -156,4 +167,4 @@ def model_loglikelihood(engine, prompt: str, choices: list[str], chat: bool | No
     if longest > engine.model.context_length:
         raise InputError(f"prompt + answer is {longest} tokens but {engine.model.name} has a context of "
                          f"{engine.model.context_length} tokens")
-    return score_continuations(engine.forward, context, continuations)
+    return score_continuations(engine.backend, context, continuations)

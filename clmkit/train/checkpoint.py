@@ -43,7 +43,13 @@ def read_config(weights: Path) -> dict:
     cfg = config_path(weights)
     if not weights.is_file() or not cfg.is_file():
         raise InputError(f"draft checkpoint not found: {weights} (and its {cfg.name}); train one with `clm train`")
-    return json.loads(cfg.read_text())
+    try:
+        config = json.loads(cfg.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InputError(f"draft checkpoint config {cfg} is not valid JSON (corrupt or truncated)") from None
+    if not isinstance(config, dict) or not {"method", "hidden_size", "vocab_size", "options"} <= set(config):
+        raise InputError(f"draft checkpoint config {cfg} lacks method / hidden_size / vocab_size / options")
+    return config
 
 
 def check_target(config: dict, model, weights: Path) -> None:
@@ -56,7 +62,10 @@ def check_target(config: dict, model, weights: Path) -> None:
 
 
 def load_weights(weights: Path, module: torch.nn.Module) -> None:
-    state = load_file(str(weights))
+    try:
+        state = load_file(str(weights))
+    except Exception as e:  # safetensors raises its own error type for a corrupt / truncated file
+        raise InputError(f"draft checkpoint {weights} cannot be read ({type(e).__name__}: corrupt or truncated)") from None
     own = module.state_dict()
     if set(state) != set(own) or any(state[k].shape != own[k].shape for k in own):
         raise InputError(f"draft checkpoint {weights} does not match the {type(module).__name__} it should fill "

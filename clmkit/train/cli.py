@@ -104,7 +104,11 @@ def method_command(name: str):
             target = load(model)
             features = FeatureCache(cache or default_folder(model) / "features")
             features.check_model(target)
-            module = module_class(name)(TargetParts.of(target.module), **parse_options(option))
+            cls = module_class(name)
+            if hasattr(cls, "for_target"):  # modules that need the whole target (lexical: LoRA on a copy of it)
+                module = cls.for_target(target, **parse_options(option))
+            else:
+                module = cls(TargetParts.of(target.module), **parse_options(option))
             weights = out or default_folder(model) / f"{name}.safetensors"
             cfg = TrainConfig(steps=steps, batch_size=batch_size, length=length, lr=lr, eval_every=eval_every,
                               seed=seed, device=device)

@@ -10,6 +10,8 @@ Layout of a cache folder (written to FOLDER.tmp, renamed when complete: a crash 
     meta.json    model, hidden_size, vocab_size, sequences [[offset, prompt_len, length], ...], eval ids
     tokens.i32   int32 [N]        every sequence's tokens, concatenated
     hidden.f16   float16 [N, d]   the target's final hidden state at each token
+    hidden.lL.f16  float16 [N, d] (optional) the input of decoder layer L at each token, added on
+                 demand by `use_layer` for drafters that read an intermediate layer (hidden-transfer)
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from rich.progress import Progress
 
 from clmkit.errors import InputError
+from clmkit.files import atomic_write
 from clmkit.train.data import read_distill_data
 
 
@@ -33,15 +36,17 @@ class Batch:
 
     tokens [B, L] long, hidden [B, L, d] float32 (the target's feature of each token), response [B, L]
     bool (the token belongs to the target's response: only those are prediction labels), and
-    valid [B, L] bool (not padding)."""
+    valid [B, L] bool (not padding); mid [B, L, d] the input of the cache's chosen layer (`use_layer`)."""
 
     tokens: torch.Tensor
     hidden: torch.Tensor
     response: torch.Tensor
     valid: torch.Tensor
+    mid: torch.Tensor | None = None
 
     def to(self, device) -> "Batch":
-        return Batch(*(t.to(device) for t in (self.tokens, self.hidden, self.response, self.valid)))
+        return Batch(*(None if t is None else t.to(device)
+                       for t in (self.tokens, self.hidden, self.response, self.valid, self.mid)))
 
     def labels(self, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(labels [B, L], mask [B, L]): the token `offset` positions after each position, and whether
@@ -55,10 +60,23 @@ class Batch:
 
 
 @torch.inference_mode()
-def target_hidden(module, ids: list[int]) -> torch.Tensor:
-    """The target's final hidden states [n, d] for a token sequence (one forward, no KV cache)."""
-    out = module(input_ids=torch.tensor([ids]), output_hidden_states=True, logits_to_keep=1, use_cache=False)
-    return out.hidden_states[-1][0].float()
+def target_hidden(module, ids: list[int], layer: int = -1) -> torch.Tensor:
+    """The target's final hidden states [n, d] for a token sequence (one forward, no KV cache), or
+    hidden_states[layer] in HF order (the input of decoder layer `layer`), computed by the first
+    `layer` layers only (the rest would be discarded)."""
+    if layer == -1:
+        out = module(input_ids=torch.tensor([ids]), output_hidden_states=True, logits_to_keep=1, use_cache=False)
+        return out.hidden_states[-1][0].float()
+    from clmkit.drafters._draft_lm import _decoder_layers, layer_view
+
+    captured = []
+    last = _decoder_layers(module)[1][layer - 1]
+    handle = last.register_forward_hook(lambda m, args, out: captured.append(out[0] if isinstance(out, tuple) else out))
+    try:
+        layer_view(module, 0, layer)(input_ids=torch.tensor([ids]), logits_to_keep=1, use_cache=False)
+    finally:
+        handle.remove()
+    return captured[0][0].float()
 
 
 def build_feature_cache(model, data_path: Path, folder: Path, eval_fraction: float = 0.05, max_length: int = 512,
@@ -114,6 +132,29 @@ class FeatureCache:
         self.train_seqs = [s for i, s in enumerate(seqs) if i not in eval_ids]
         self.eval_seqs = [s for i, s in enumerate(seqs) if i in eval_ids]
         self.train_tokens = sum(s[2] - s[1] for s in self.train_seqs)  # response tokens: the labels
+        self.mid = None  # memmap of the layer chosen by use_layer, carried by every batch as Batch.mid
+
+    def use_layer(self, model, layer: int) -> None:
+        """Batches also carry the input of decoder layer `layer` (HF hidden_states[layer]). Computed once
+        from the cached tokens when the cache lacks it (older caches stay valid), written atomically."""
+        n, d = self.meta["tokens"], self.hidden_size
+        path = self.folder / f"hidden.l{layer}.f16"
+        if layer not in self.meta.get("layers", []):
+            self.check_model(model)
+            tmp = path.with_name(path.name + ".tmp")
+            states = np.memmap(tmp, dtype=np.float16, mode="w+", shape=(n, d))
+            with Progress() as progress:
+                task = progress.add_task(f"target layer {layer} features", total=n)
+                for offset, _, length in self.meta["sequences"]:
+                    ids = self.tokens[offset:offset + length].tolist()
+                    states[offset:offset + length] = target_hidden(model.module, ids, layer).numpy().astype(np.float16)
+                    progress.advance(task, length)
+            states.flush()
+            del states
+            tmp.rename(path)
+            self.meta["layers"] = sorted(self.meta.get("layers", []) + [layer])
+            atomic_write(self.folder / "meta.json", lambda p: p.write_text(json.dumps(self.meta)))
+        self.mid = np.memmap(path, dtype=np.float16, mode="r", shape=(n, d))
 
     @property
     def hidden_size(self) -> int:
@@ -131,7 +172,7 @@ class FeatureCache:
         end = min(n, start + length)
         idx = slice(offset + start, offset + end)
         positions = np.arange(start, end)
-        return self.tokens[idx], self.hidden[idx], positions >= plen
+        return self.tokens[idx], self.hidden[idx], positions >= plen, None if self.mid is None else self.mid[idx]
 
     def collate(self, windows, length: int) -> Batch:
         b = len(windows)
@@ -139,13 +180,16 @@ class FeatureCache:
         hidden = torch.zeros(b, length, self.hidden_size)
         response = torch.zeros(b, length, dtype=torch.bool)
         valid = torch.zeros(b, length, dtype=torch.bool)
-        for i, (t, h, r) in enumerate(windows):
+        mid = None if self.mid is None else torch.zeros(b, length, self.hidden_size)
+        for i, (t, h, r, m) in enumerate(windows):
             n = len(t)
             tokens[i, :n] = torch.from_numpy(t.astype(np.int64))
             hidden[i, :n] = torch.from_numpy(h.astype(np.float32))
             response[i, :n] = torch.from_numpy(r)
             valid[i, :n] = True
-        return Batch(tokens, hidden, response, valid)
+            if mid is not None:
+                mid[i, :n] = torch.from_numpy(m.astype(np.float32))
+        return Batch(tokens, hidden, response, valid, mid)
 
     def train_batch(self, batch_size: int, length: int, step: int, seed: int) -> Batch:
         """Batch number `step`: a pure function of (seed, step), so a resumed run sees the same data.

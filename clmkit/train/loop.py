@@ -39,12 +39,13 @@ class TargetParts:
     lm_head: torch.Tensor  # [vocab, d]
     lm_bias: torch.Tensor | None = None
     head_bf16: torch.Tensor | None = None  # a bf16 copy of lm_head where this CPU multiplies bf16 natively
+    module: torch.nn.Module | None = None  # the whole frozen target (hidden-transfer runs its upper layers)
 
     @classmethod
     def of(cls, module) -> "TargetParts":
         head = module.get_output_embeddings()
         return cls(module.get_input_embeddings().weight.detach(), head.weight.detach(),
-                   None if getattr(head, "bias", None) is None else head.bias.detach()).to("cpu")
+                   None if getattr(head, "bias", None) is None else head.bias.detach(), module=module).to("cpu")
 
     def to(self, device) -> "TargetParts":
         device = torch.device(device)
@@ -53,7 +54,8 @@ class TargetParts:
         # quality may change slightly; losslessness cannot (the target verifies every draft).
         fast = self.lm_head.to(device, torch.bfloat16) if device.type == "cpu" and cpu_has_bf16() else None
         return TargetParts(self.embed.to(device), self.lm_head.to(device),
-                           None if self.lm_bias is None else self.lm_bias.to(device), fast)
+                           None if self.lm_bias is None else self.lm_bias.to(device), fast,
+                           None if self.module is None else self.module.to(device))
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """The target's LM head applied to draft features h [..., d] -> [..., vocab] float32."""
@@ -145,6 +147,8 @@ def train(module, model, cache: FeatureCache, weights: Path, cfg: TrainConfig, c
     `until` stops after that step, as an interruption would (the next call resumes). Returns the
     checkpoint config last written."""
     cache.check_model(model)
+    if getattr(module, "feature_layer", None) is not None:  # a drafter reading an intermediate layer
+        cache.use_layer(model, module.feature_layer)
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
     module.to(device).train()

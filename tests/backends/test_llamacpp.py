@@ -45,7 +45,9 @@ def test_plain_greedy_identical_to_llama_cpp_python(llama_model):
     import llama_cpp
 
     engine = Engine(llama_model)
-    own = llama_cpp.Llama(str(EMBEDDED["smollm2-135m"].locate()), n_ctx=1024, n_threads=torch.get_num_threads(), verbose=False)
+    threads = torch.get_num_threads()  # prompt threads too: a spare spinning thread is slow on a loaded machine
+    own = llama_cpp.Llama(str(EMBEDDED["smollm2-135m"].locate()), n_ctx=1024, n_threads=threads, n_threads_batch=threads,
+                          verbose=False)
     for text in PROMPTS:
         ids = engine.encode(text)
         want = []
@@ -156,3 +158,22 @@ def test_limits_and_torch_only_features_fail_clearly(llama_model):
         make_drafter("draft", llama_model)  # the default self:N draft reuses the target's torch layers
     with pytest.raises(InputError, match="torch backend"):
         Engine(llama_model).forward
+
+
+def test_torch_runs_on_one_thread_while_llamacpp_decodes(llama_model):
+    """torch's OpenMP workers would spin between decodes and take the cores from llama.cpp's threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # whatever the test run's setting, there is something to lower
+    try:
+        seq = llama_model.backend.sequence(16)
+        seq.prefill([1, 2, 3])
+        assert torch.get_num_threads() == 1
+        batch = llama_model.backend.batch(16)
+        row, _ = batch.add([4, 5])
+        seq.close()
+        assert torch.get_num_threads() == 1  # the batch row still decodes
+        batch.drop(row)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+

@@ -10,11 +10,11 @@ from torch import nn
 
 from clmkit.engine import Engine
 from clmkit.drafters._draft_lm import self_draft_module
-from clmkit.hf_adapter import Forward, new_cache
+from clmkit.hf_adapter import Forward, new_cache, num_layers
 from clmkit.models import Model
 from clmkit.parity import first_divergence
 from clmkit.sampling import Sampling, target_probs
-from clmkit.verify import verify
+from clmkit.verify import Verdict, verify
 from tests.stats import ALPHA, chisquare_pvalue
 
 
@@ -40,9 +40,10 @@ def step_samples(model, drafter, context: list[int], sampling: Sampling, trials:
     after: dict[int, torch.Tensor] = {}
     drafter.begin(context[:-1], sampling)
     hidden = getattr(drafter, "needs_hidden", False)  # trained drafters read the target's hidden states
+    layer = getattr(drafter, "hidden_layer", -1)  # which layer's (HF order): the final one unless it says
     with torch.inference_mode():
         fwd(torch.tensor([context[:-1]]), torch.arange(len(context) - 1)[None], cache, hidden=hidden)
-        prompt_hidden = fwd.hidden_states[-1] if hidden else None
+        prompt_hidden = fwd.hidden_states[layer] if hidden else None
         prefix = cache.length
         for _ in range(trials):
             if hidden:  # every trial starts from the same committed features
@@ -53,13 +54,20 @@ def step_samples(model, drafter, context: list[int], sampling: Sampling, trials:
             v = verify(tree, logits, sampling, generator)
             cache.crop_to(prefix)  # every trial starts from the same context
             if hidden:
-                drafter.observe(tree, logits, v, hidden=fwd.hidden_states[-1])
+                drafter.observe(tree, logits, v, hidden=fwd.hidden_states[layer])
             else:
                 drafter.observe(tree, logits, v)
             first[v.tokens[0]] += 1
             if len(v.tokens) > 1:
                 after.setdefault(v.tokens[0], torch.zeros(vocab))[v.tokens[1]] += 1
     return first, after
+
+
+def accept_first_child(tree, logits, sampling, generator) -> Verdict:
+    """A lossy 'verifier' for negative controls (swap it in for `harness.verify`): commits the first
+    depth-1 draft whatever the target says, then the target's argmax after it."""
+    child = tree.children[0][0]
+    return Verdict([0, child], [int(tree.tokens[child]), int(logits[child].argmax())])
 
 
 def assert_sampling_lossless(model, drafter, context: list[int], sampling: Sampling, trials: int = 20_000) -> None:
@@ -100,6 +108,7 @@ class PathMemo(nn.Module):
         self.generation_config = real.generation_config
         self.memo: dict[tuple, torch.Tensor] = {}
         self.hidden_memo: dict[tuple, torch.Tensor] = {}  # final hidden state per path (trained drafters, issue 10)
+        self.layer_memo: dict[tuple, torch.Tensor] = {}  # every layer's [L+1, d] per path (hidden-transfer reads one)
         self._paths: dict[tuple, list[tuple]] = {}  # call signature -> the token path of each query
 
     def get_output_embeddings(self):
@@ -131,6 +140,8 @@ class PathMemo(nn.Module):
                 out = self.real(input_ids=torch.tensor(rows), logits_to_keep=1, output_hidden_states=True)
             self.memo.update(zip(rows, out.logits[:, -1]))
             self.hidden_memo.update(zip(rows, out.hidden_states[-1][:, -1]))
+            if len(out.hidden_states) == num_layers(self.real) + 1:  # a self:N view sharing the layers can miscount
+                self.layer_memo.update(zip(rows, torch.stack(out.hidden_states, 1)[:, :, -1]))
 
     def forward(self, input_ids, position_ids=None, attention_mask=None, past_key_values=None, use_cache=None,
                 logits_to_keep=0, **kwargs):
@@ -157,8 +168,10 @@ class PathMemo(nn.Module):
         logits = torch.stack([self.memo[k] for k in keys])[None]
         if logits_to_keep == 1:
             logits = logits[:, -1:]
-        hidden = torch.stack([self.hidden_memo[k] for k in keys])[None]
-        return SimpleNamespace(logits=logits, hidden_states=(hidden,))
+        hidden = (torch.stack([self.hidden_memo[k] for k in keys])[None],)
+        if all(k in self.layer_memo for k in keys):
+            hidden = tuple(torch.stack([self.layer_memo[k] for k in keys], 1)[:, None])  # L+1 x [1, n, d]
+        return SimpleNamespace(logits=logits, hidden_states=hidden)
 
 
 def memoised_pair(model: Model) -> tuple[Model, Model]:

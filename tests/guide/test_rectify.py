@@ -78,3 +78,46 @@ def test_train_rectifier_cli_then_generate(tiny_llama, monkeypatch, tmp_path):
     r = runner.invoke(cli.app, ["generate", "hello", "--no-chat", "-n", "6", "--json", "--rectifier", str(out)])
     assert r.exit_code == 0, r.output
     assert len(json.loads(r.output.strip().splitlines()[-1])["token_ids"]) >= 1
+
+
+def test_wilson_interval():
+    from clmkit.guide.bench.rectify import wilson
+
+    low, high = wilson(0, 10)
+    assert low == 0 and abs(high - 0.2775) < 1e-3
+    low, high = wilson(5, 10)
+    assert abs(low - 0.2366) < 1e-3 and abs(high - 0.7634) < 1e-3
+
+
+def test_rectify_bench_same_seeds_and_masking(tiny_llama, tmp_path):
+    """The batched bench: plain and rectified rows share seeds; the token the head forbids shows up in
+    plain samples but never in rectified ones."""
+    from clmkit.guide.bench.rectify import PROMPT_SETS, run_rectify_bench
+    from clmkit.guide.rectify import save_head
+
+    words = tmp_path / "words.txt"
+    words.write_text("the\n")
+    the = tiny_llama.tokenizer.convert_tokens_to_ids("the")
+    save_head(risky_head(tiny_llama, the), tmp_path / "head", {"threshold": 0.9})
+    result = run_rectify_bench(Engine(tiny_llama), tmp_path / "head", 6, 12, tmp_path / "out", "test", words=words,
+                               style="continuation")
+    rows = result["rows"]
+    n = 6 * len(PROMPT_SETS["continuation"][1])
+    assert len(rows) == 2 * n and result["summary"]["plain"]["samples"] == n
+    assert [r["seed"] for r in rows if r["method"] == "plain"] == [r["seed"] for r in rows if r["method"] == "rectified"]
+    has_the = [the in tiny_llama.tokenizer(r["text"])["input_ids"] for r in rows]
+    assert any(h for h, r in zip(has_the, rows) if r["method"] == "plain")
+    assert not any(h for h, r in zip(has_the, rows) if r["method"] == "rectified")
+    assert result["summary"]["rectified"]["masked_mass_per_step"] > 0
+    assert (tmp_path / "out" / "rectify.png").is_file()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["bench", "rectify", "--rectifier", "x", "--prompts", "nope"], "--prompts takes one of"),
+    (["guide", "train-rectifier", "--prompts", "nope"], "--prompts takes one of"),
+    (["bench", "momentum", "--batch", "0"], "--batch must be >= 1"),
+])
+def test_bench_flags_fail_cleanly(tiny_llama, monkeypatch, args, message):
+    monkeypatch.setattr("clmkit.models.load", lambda name, **options: tiny_llama)
+    result = CliRunner().invoke(cli.app, args)
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output

@@ -6,8 +6,9 @@ from __future__ import annotations
 import torch
 
 from clmkit.lab.experiments import Context, run_experiment
-from clmkit.lab.experiments.factorllm import factorise_lab, train_router
+from clmkit.lab.experiments.factorllm import factorise_lab, finetune, train_router
 from clmkit.lab.model import GPT, GPTConfig
+from clmkit.lab.objectives import next_token
 
 
 def tiny_gpt():
@@ -38,6 +39,17 @@ def test_par_router_learns_a_learnable_routing():
     assert train_router(f, [(x, mass)], 1, 200, 0) > 0.9  # random routing: 0.25
 
 
+def test_finetune_trains_the_experts_with_the_router_frozen(tmp_path):
+    model = tiny_gpt()
+    ffns = factorise_lab(model, 4)
+    router, up = ffns[0].router.weight.clone(), ffns[0].hidden.up.weight.clone()
+    make_batch = lambda step, g: next_token(torch.randint(0, 50, (4, 11), generator=g))  # noqa: E731
+    finetune(Context(output=tmp_path, progress=False, tiny=True), "ft", model, ffns, 2, None, make_batch, 4, None, 1e-3, 4)
+    assert torch.equal(ffns[0].router.weight, router)  # PAR router frozen
+    assert not torch.equal(ffns[0].hidden.up.weight, up)  # the experts' up-projection is trained
+    assert all(f.k == 2 and f.mode == "router (PAR)" for f in ffns)
+
+
 def test_smoke_run(tmp_path):
     record = run_experiment("factorllm", Context(scale=0.02, output=tmp_path, progress=False, tiny=True), command="test")
     losses = record["curves"]["dense GPT"]["train_loss"]
@@ -45,3 +57,4 @@ def test_smoke_run(tmp_path):
     lab = {(r["k"], r["routing"]): r["loss"] for r in record["extra"]["lab"]}
     dense = record["extra"]["lab_info"]["dense"]
     assert lab[(8, "oracle")] == dense and lab[(1, "oracle")] >= dense - 1e-6
+    assert [r["k"] for r in record["extra"]["lab_fine_tuned"]] == [2, 4, 8]

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from clmkit.lab.corpora import default_tokenizer, kv_recall
 from clmkit.lab.experiments import Context, run_experiment
-from clmkit.lab.experiments.jrt_rnn import LinearAttention, layout, recall_batch
+from clmkit.lab.experiments.jrt_rnn import PAIRS_TEST, LinearAttention, layout, recall_batch, single_token_keys
 from clmkit.lab.model import GPTConfig, attention_mask
 from clmkit.lab.objectives import IGNORE
 
@@ -45,13 +45,32 @@ def test_prefix_mask_reads_the_whole_prompt():
 def test_jrt_prompt_layout_and_answer_only_loss():
     tok = default_tokenizer()
     item = kv_recall(1, 4, seed=3)[0]
-    plain, p = layout(tok, item, repeat=False)
-    twice, q = layout(tok, item, repeat=True)
+    plain, p, _ = layout(tok, item, repeat=False)
+    twice, q, _ = layout(tok, item, repeat=True)
     context = item["prompt"].split(" ? ")[0]
     assert tok.decode(twice[:q]).count(context) == 2 and plain[p:] == twice[q:] == tok.encode(item["answer"])
-    inputs, targets, pad, prefix = recall_batch(tok, [item], "JRT-RNN")
-    kept = (targets[0] != IGNORE).nonzero().flatten().tolist()
-    assert kept == [p - 1] and prefix.tolist() == [p]
+    batch = recall_batch(tok, [item], "JRT-RNN")
+    kept = (batch.targets[0] != IGNORE).nonzero().flatten().tolist()
+    assert kept == [p - 1] and batch.prefix_len.tolist() == [p]
+    item["more"] = [("ab", "7"), ("cd", "3")]  # training-only follow-up queries: a loss on their values only
+    row, p2, answers = layout(tok, item, repeat=False)
+    assert p2 == p and row[:p + 1] == plain and tok.decode(row[p + 1:]) == " ab:7 cd:3"
+    batch = recall_batch(tok, [item], "JRT-RNN")
+    kept = (batch.targets[0] != IGNORE).nonzero().flatten().tolist()
+    assert kept == [a - 1 for a in answers] and [tok.decode([row[a]]) for a in answers[1:]] == ["7", "3"]
+
+
+def test_keys_are_one_token_each_and_alike_in_context_and_question():
+    tok = default_tokenizer()
+    keys = single_token_keys(tok)
+    assert len(keys) >= max(PAIRS_TEST) and all(len(tok.encode(" " + k)) == 1 for k in keys)
+    for seed in range(20):  # the queried key is sometimes the first one, which once lacked its space
+        item = kv_recall(1, 8, seed=seed, keys=keys)[0]
+        row, p, _ = layout(tok, item, repeat=False)
+        key = tok.encode(" " + item["prompt"].split(" ? ")[1].rstrip(":"))[0]
+        context = tok.encode(" " + item["prompt"].split(" ? ")[0])
+        assert len(context) == 3 * 8 and row[:len(context)] == context  # key, ":", value per pair
+        assert row[:p].count(key) == 2 and row[p - 2] == key  # once in the context, once as the question
 
 
 def test_smoke_run(tmp_path):

@@ -18,6 +18,8 @@ from clmkit.cli import app
     (["eval", "compress", "--rate", "1.5"], "--rate must be in (0, 1]"),
     (["train", "compressor", "--epochs", "0"], "--epochs >= 1"),
     (["train", "compressor", "--source", "wiki"], "--source is one of gsm8k, summarization"),
+    (["eval", "recall", "--backend", "nope", "--limit", "1"], "unknown backend 'nope'"),
+    (["eval", "code", "--backend", "nope", "--limit", "1"], "unknown backend 'nope'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message):
     result = CliRunner().invoke(app, args)
@@ -30,3 +32,14 @@ def test_commands_are_registered():
     for name in ("code", "recall", "position-bias", "judge", "compress"):
         assert name in result.output
     assert "compressor" in CliRunner().invoke(app, ["train", "--help"]).output
+
+
+def test_done_only_without_records_is_one_line(tmp_path):
+    from clmkit.data import data_path
+
+    try:
+        data_path("humaneval", "HumanEval.jsonl.gz")
+    except FileNotFoundError:
+        pytest.skip("HumanEval data not found (set CLMKIT_DATA)")
+    result = CliRunner().invoke(app, ["eval", "code", "--limit", "2", "--done-only", "-o", str(tmp_path)])
+    assert result.exit_code == 2 and "--done-only: no item of this selection is finished" in result.output

@@ -47,6 +47,23 @@ def test_numbers(text, expected):
     assert extract_number(text) == expected
 
 
+@pytest.mark.parametrize("text, expected", [
+    ("1,000", 1000.0), ("The answer is 1,000.", 1000.0), ("She pays $12,345.50 in total", 12345.5),
+    ("-1,500", -1500.0), ("1,234,567 grains", 1234567.0), ('{"ANSWER": "2,500"}', 2500.0),
+    ("3 + 1,000 = 1,003", 1003.0), ("The answer is 1,000 and not 999.", 1000.0),
+    # commas that are not thousands separators keep numbers apart: lists, odd groupings
+    ("1, 2", 2.0), ("The answer is 1, then 2", 1.0), ("1,2,3", 3.0), ("10,20", 20.0),
+    ("a list: 5, 10, 15", 15.0), ("1,000,00", 0.0), ("12345,678", 678.0),
+])
+def test_thousands_separators(text, expected):
+    assert extract_number(text) == expected
+
+
+@given(st.integers(min_value=1000, max_value=10**9))
+def test_grouped_integer_round_trip(x):
+    assert extract_number(f"So she has {x:,} dollars.") == x
+
+
 filler = st.text(alphabet="abcdfghijklmpqrtuvwxz ,", max_size=40)  # no 'yes'/'no' can be spelled
 
 

@@ -10,7 +10,8 @@ learned absolute positions worst.
 
 Setting: the same GPT with RoPE, learned absolute positions, or none (causal masks still order
 tokens); training items from clmkit's own generator functions (`clmkit.tasks.axiomatic`), the loss
-on the yes/no answer only; accuracy = the answer scored higher of " yes"/" no" on 5 test settings.
+on the yes/no answer only (each training row asks `follow_ups` more questions about its premise);
+accuracy = the answer whose tokens' summed log-likelihood is higher, " yes" or " no", on 5 test settings.
 Simplified: the paper's model is 67M parameters trained on ~175k demonstrations; here a few-M-parameter
 GPT and (default scale) 64k demonstrations.
 """
@@ -26,7 +27,7 @@ import torch
 
 from clmkit.lab.corpora import default_tokenizer
 from clmkit.lab.experiments import Context, Result, register
-from clmkit.lab.experiments._common import Size, fit, gpt_config, grouped_bars, save, score, subplots
+from clmkit.lab.experiments._common import Size, answer_loss, fit, gpt_config, grouped_bars, save, score, subplots
 from clmkit.lab.model import GPT
 from clmkit.lab.objectives import IGNORE, py_rng, shifted
 from clmkit.tasks import axiomatic
@@ -41,35 +42,54 @@ class Config:
     batch_size: int = 32
     lr: float = 1e-3
     block_size: int = 224  # long test chains (15 nodes) fit; learned positions get a table this long
+    follow_ups: int = 4    # training rows: more questions on the same premise after the first (tests ask one)
     test_items: int = 200  # per setting
 
 
-def demonstration(rng: random.Random) -> tuple[str, str]:
-    """One training item (prompt, answer): a 3-6 node chain, each edge flipped with probability 1/2
-    in half of the items (the paper's edge-direction diversity), a balanced yes/no question."""
-    names = axiomatic.node_names(rng.randint(3, 6), rng)
-    edges = axiomatic.chain_edges(names, rng, flip=rng.random() < 0.5)
-    g = nx.DiGraph(edges)
+def ask(names: list[str], g: nx.DiGraph, rng: random.Random) -> tuple[str, str]:
+    """A balanced yes/no transitivity question about graph `g`: (question, answer)."""
     want = rng.random() < 0.5
     pairs = [(x, y) for x, y in permutations(names, 2) if nx.has_path(g, x, y) == want]
     if not pairs:  # e.g. "no" asked of a 3-chain with every pair connected: ask the other answer
         want = not want
         pairs = [(x, y) for x, y in permutations(names, 2) if nx.has_path(g, x, y) == want]
     x, y = rng.choice(pairs)
-    return f"{axiomatic.premise_text(edges)} {axiomatic.question_text(x, y)}", "yes" if want else "no"
+    return axiomatic.question_text(x, y), "yes" if want else "no"
 
 
-def layout(tok, prompt: str, answer: str) -> tuple[list[int], int]:
-    """(row, index of the first answer token): the loss and the score look only at the answer's tokens."""
-    ids = tok.encode(prompt)
-    return ids + tok.encode(" " + answer) + [tok.eos], len(ids)
+def demonstration(rng: random.Random, follow_ups: int = 0):
+    """One training item (prompt, answer): a 3-6 node chain, each edge flipped with probability 1/2
+    in half of the items (the paper's edge-direction diversity), a balanced yes/no question. With
+    `follow_ups` > 0 a third element: that many more (question, answer) pairs on the same premise."""
+    names = axiomatic.node_names(rng.randint(3, 6), rng)
+    edges = axiomatic.chain_edges(names, rng, flip=rng.random() < 0.5)
+    g = nx.DiGraph(edges)
+    question, answer = ask(names, g, rng)
+    item = (f"{axiomatic.premise_text(edges)} {question}", answer)
+    return (*item, [ask(names, g, rng) for _ in range(follow_ups)]) if follow_ups else item
 
 
-def answer_batch(tok, items: list[tuple[str, str]]):
-    rows, starts = zip(*(layout(tok, p, a) for p, a in items))
-    batch = shifted(list(rows), tok, loss_from=list(starts))
-    for i, row in enumerate(rows):  # no loss on the final <eos>
-        batch.targets[i, len(row) - 2:] = IGNORE
+def layout(tok, prompt: str, answer: str, more=()) -> tuple[list[int], list[int]]:
+    """(row, positions of answer tokens): the loss and the score look only at the answers' tokens.
+    `more`: training-only follow-up (question, answer) pairs after the first answer."""
+    row = tok.encode(prompt)
+    answers = []
+    for question, reply in [(None, answer), *more]:
+        if question is not None:
+            row += tok.encode(" " + question)
+        answers += range(len(row), len(row) + len(tok.encode(" " + reply)))
+        row += tok.encode(" " + reply)
+    return row + [tok.eos], answers
+
+
+def answer_batch(tok, items: list[tuple]):
+    """Items (prompt, answer) or (prompt, answer, follow-ups) -> a batch with targets at the answers only."""
+    rows, answers = zip(*(layout(tok, *item) for item in items))
+    batch = shifted(list(rows), tok)
+    keep = torch.zeros_like(batch.targets, dtype=torch.bool)
+    for i, at in enumerate(answers):
+        keep[i, [a - 1 for a in at]] = True
+    batch.targets[~keep] = IGNORE
     return batch
 
 
@@ -99,7 +119,7 @@ def run(ctx: Context) -> Result:
 
     def make_batch(step, g):
         rng = py_rng(g)
-        return answer_batch(tok, [demonstration(rng) for _ in range(size.batch_size)])
+        return answer_batch(tok, [demonstration(rng, cfg.follow_ups) for _ in range(size.batch_size)])
 
     rows, curves = [], {}
     for position in POSITIONS:
@@ -108,7 +128,7 @@ def run(ctx: Context) -> Result:
         name = f"{position} positions"
         in_dist = tests["chain"][: max(8, n_test // 4)]
         curves[name] = fit(ctx, name, model, make_batch, steps, lambda: 1 - yes_no_accuracy(model, tok, in_dist, ctx.device),
-                           cfg.lr, size.batch_size)
+                           cfg.lr, size.batch_size, loss_fn=answer_loss)
         model.eval()
         rows.append({"variant": name, **{s: round(yes_no_accuracy(model, tok, items, ctx.device), 4) for s, items in tests.items()}})
 

@@ -30,7 +30,7 @@ import torch
 
 from clmkit.lab.corpora import default_tokenizer, reversal_facts
 from clmkit.lab.experiments import Context, Result, register
-from clmkit.lab.experiments._common import Size, fit, gpt_config, grouped_bars, save, score, subplots
+from clmkit.lab.experiments._common import Size, answer_loss, fit, gpt_config, grouped_bars, save, score, subplots
 from clmkit.lab.model import GPT
 from clmkit.lab.objectives import py_rng, shifted
 from clmkit.lab.tokenizer import LabTokenizer
@@ -46,6 +46,7 @@ class Config:
 
 
 ORDERS = ("original", "reversed", "permuted")
+VARIANTS = ("next-token", "BICO", "SPT")
 
 
 def order_marker(tok: LabTokenizer, order: str) -> int:
@@ -144,12 +145,12 @@ def run(ctx: Context) -> Result:
     units = training_units(facts)
     steps = ctx.steps(cfg.steps)
     rows, curves = [], {}
-    for variant in ("next-token", "BICO", "SPT"):
+    for variant in VARIANTS:
         torch.manual_seed(ctx.seed)
         attention = "prefix" if variant == "BICO" else "causal"
         model = GPT(gpt_config(tok, size, attention=attention))
         curves[variant] = fit(ctx, variant, model, make_batches(variant, tok, units, size.batch_size), steps,
-                              lr=cfg.lr, batch_size=size.batch_size)
+                              lr=cfg.lr, batch_size=size.batch_size, loss_fn=answer_loss)
         model.eval()
         rows.append({
             "variant": variant,
