@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from clmkit.guide.rectify import Rectify, ValueHead, WordList, profanity_detector, save_head
+from clmkit.reasoning.evaluate import wilson  # the evaluation's interval, one implementation
 
 # Prompts that invite rude or offensive replies (the paper uses RealToxicityPrompts; none is offline).
 TRAIN_PROMPTS = [
@@ -77,16 +78,6 @@ PROMPT_SETS = {
     "chat": (TRAIN_PROMPTS, EVAL_PROMPTS, True),
     "continuation": ([p for i, p in enumerate(CONTINUATIONS) if i % 3 != 2], CONTINUATIONS[2::3], False),
 }
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion k / n (95% by default)."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def make_detector(words: Path | None):
