@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from clmkit.errors import ClmkitError, InputError
+from clmkit.files import atomic_write
 from clmkit.guide import register
 
 
@@ -47,16 +48,14 @@ class ValueHead(nn.Module):
 
 
 def save_head(head: ValueHead, path: Path, config: dict) -> None:
-    """safetensors + JSON config, each written to a temp file and renamed (atomic)."""
+    """safetensors + JSON config, each written atomically."""
     from safetensors.torch import save_file
 
     path.mkdir(parents=True, exist_ok=True)
-    tmp = path / "head.safetensors.tmp"
-    save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(tmp))
-    tmp.rename(path / "head.safetensors")
-    tmp = path / "config.json.tmp"
-    tmp.write_text(json.dumps({**config, "hidden": head.hidden, "rank": head.rank}, indent=1))
-    tmp.rename(path / "config.json")
+    tensors = {k: v.contiguous() for k, v in head.state_dict().items()}
+    atomic_write(path / "head.safetensors", lambda tmp: save_file(tensors, str(tmp)))
+    text = json.dumps({**config, "hidden": head.hidden, "rank": head.rank}, indent=1)
+    atomic_write(path / "config.json", lambda tmp: tmp.write_text(text))
 
 
 def load_head(path: Path) -> tuple[ValueHead, dict]:
@@ -130,7 +129,10 @@ class Rectify:
             self.token_keys = head.token(self.embeddings.float())
         self.masked_mass = 0.0  # total probability mass removed (the distribution shift), for reporting
         self.steps = 0
-        self.lm_head = watch_hidden(model.module.get_output_embeddings())
+        # Watch the LM head of the module the backend actually runs: a oneDNN kernel runs a copy of
+        # `model.module` whose linears are swapped, and the original's head would never see a forward.
+        running = getattr(model.runner(), "module", model.module)
+        self.lm_head = watch_hidden(running.get_output_embeddings())
 
     @property
     def hidden(self) -> torch.Tensor | None:

@@ -169,19 +169,22 @@ def causal_chain_texts(n: int, seed: int = 0, settings: tuple[str, ...] = ("chai
             for it in axiomatic.generate(n, seed=seed, settings=settings)]
 
 
-def kv_recall(n: int, n_pairs: int, seed: int = 0, keys: list[str] | None = None) -> list[dict]:
-    """Key–value recall (associative recall): "k1:v1 k2:v2 ... ? kq:" -> "vq"; keys unique per item,
-    drawn from `keys` (default: every two-letter string)."""
+def kv_recall(n: int, n_pairs: int, seed: int = 0, keys: list[str] | None = None,
+              values: list[str] | None = None) -> list[dict]:
+    """Key–value recall (associative recall, MQAR layout): "k1 v1 k2 v2 ... ? kq" -> "vq", each value right
+    after its key (as in Zoology's MQAR); keys unique per item, drawn from `keys` (default: every
+    two-letter string), values from `values` (default: the digits). Items keep their `pairs` and
+    `query` for follow-up questions."""
     rng = random.Random(seed)
     letters = "abcdefghijklmnopqrstuvwxyz"
     pool = keys or [a + b for a in letters for b in letters]
+    values = values or [str(d) for d in range(10)]
     items = []
     for _ in range(n):
-        chosen = rng.sample(pool, n_pairs)
-        values = [str(rng.randrange(10)) for _ in chosen]
-        q = rng.randrange(n_pairs)
-        context = " ".join(f"{k}:{v}" for k, v in zip(chosen, values))
-        items.append({"prompt": f"{context} ? {chosen[q]}:", "answer": values[q]})
+        pairs = [(k, rng.choice(values)) for k in rng.sample(pool, n_pairs)]
+        key, value = pairs[rng.randrange(n_pairs)]
+        context = " ".join(f"{k} {v}" for k, v in pairs)
+        items.append({"prompt": f"{context} ? {key}", "answer": value, "pairs": pairs, "query": key})
     return items
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import random
 import string
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from itertools import permutations
 
 import networkx as nx
@@ -29,7 +29,12 @@ SETTINGS = ("chain", "long_chain", "flipped", "reversed", "branching")
 _ALPHABET = string.ascii_letters + string.digits
 
 
-def node_names(k: int, rng: random.Random, length: tuple[int, int] = (1, 3)) -> list[str]:
+def node_names(k: int, rng: random.Random, length: tuple[int, int] = (1, 3), pool: Sequence[str] | None = None) -> list[str]:
+    """k distinct random alphanumeric names of `length` characters, or k distinct names drawn from `pool`."""
+    if pool is not None:
+        if len(set(pool)) < k:
+            raise ValueError(f"a pool of {len(set(pool))} distinct names cannot name {k} nodes")
+        return rng.sample(sorted(set(pool)), k)
     names: list[str] = []
     while len(names) < k:
         name = "".join(rng.choice(_ALPHABET) for _ in range(rng.randint(*length)))
@@ -65,8 +70,10 @@ def question_text(x: str, y: str) -> str:
     return f"Does {x} cause {y}?"
 
 
-def generate(n: int, seed: int = 0, settings: tuple[str, ...] = SETTINGS) -> list[TaskItem]:
-    """n items cycling through `settings`, reproducible by seed; answers alternate yes/no per setting."""
+def generate(n: int, seed: int = 0, settings: tuple[str, ...] = SETTINGS, name_pool: Sequence[str] | None = None) -> list[TaskItem]:
+    """n items cycling through `settings`, reproducible by seed; answers alternate yes/no per setting.
+    `name_pool`: draw node names from this pool (the lab uses names that are one token each) instead of
+    random 1-3 character strings."""
     unknown = [s for s in settings if s not in SETTINGS]
     if unknown:
         raise ValueError(f"unknown axiomatic setting(s) {unknown}; known: {', '.join(SETTINGS)}")
@@ -77,7 +84,7 @@ def generate(n: int, seed: int = 0, settings: tuple[str, ...] = SETTINGS) -> lis
         want = (k // len(settings)) % 2 == 0
         size = {"chain": (3, 6), "reversed": (3, 6), "long_chain": (7, 15), "flipped": (7, 15), "branching": (5, 12)}[setting]
         while True:
-            names = node_names(rng.randint(*size), rng)
+            names = node_names(rng.randint(*size), rng, pool=name_pool)
             if setting == "branching":
                 bf = rng.choice((1.4, 2.0))
                 edges = branching_edges(names, rng, bf)

@@ -1,5 +1,6 @@
 """Value-guided rectification: masking by the value head's risk, drafters unchanged, training end to end."""
 
+import dataclasses
 import json
 
 import pytest
@@ -7,6 +8,7 @@ import torch
 from typer.testing import CliRunner
 
 from clmkit import cli
+from clmkit.backends import make_backend
 from clmkit.drafters import budget_options, make_drafter
 from clmkit.engine import Engine
 from clmkit.errors import InputError
@@ -34,6 +36,20 @@ def test_masks_tokens_above_the_threshold(tiny_llama):
     out = Engine(tiny_llama).complete(prompt, max_new_tokens=8, guide=guide)
     assert out.token_ids[0] != plain and plain not in out.token_ids
     assert guide.steps > 0 and guide.masked_mass > 0  # the shift from the LM is measured
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN kernels need a torch build with mkldnn")
+def test_rectify_reads_the_hidden_states_of_the_kernel_that_runs(tiny_llama):
+    """With the oneDNN kernel the backend runs a copy of the module: the guide must watch that copy's LM head."""
+    prompt = [5, 6, 7, 8]
+    plain = Engine(tiny_llama).complete(prompt, max_new_tokens=1).token_ids[0]
+    outputs = []
+    for kernel in ("onednn", "hf"):
+        model = dataclasses.replace(tiny_llama, backend=make_backend("torch", tiny_llama.module, kernel=kernel))
+        guide = make_guide("rectify", model, head=risky_head(model, plain), threshold=0.9)
+        outputs.append(Engine(model).complete(prompt, max_new_tokens=8, guide=guide).token_ids)
+        assert guide.steps > 0 and guide.masked_mass > 0
+    assert outputs[0] == outputs[1] and plain not in outputs[1]
 
 
 @pytest.mark.parametrize("name", ["lookup", "recycling"])

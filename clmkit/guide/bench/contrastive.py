@@ -15,6 +15,8 @@ follows the rule exactly as it would alone, up to kernel rounding (tests/guide/t
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
@@ -37,8 +39,10 @@ def contrastive_search_batch(module, prompts: list[list[int]], max_new_tokens: i
         ids[i, width - len(p) :], mask[i, width - len(p) :] = torch.tensor(p), 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=module.config)
-    out = module(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
-                 output_hidden_states=True)
+    # transformers 5.x renamed `past_key_values` to `cache` (the old name still works, with a warning).
+    cache_kw = "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+    out = module(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, output_hidden_states=True,
+                 **{cache_kw: cache})
     context = F.normalize(out.hidden_states[-1].float(), dim=-1)  # [b, n, d]
     real = mask.bool()  # which context slots are text (padding never counts as a repetition)
     logits = out.logits[:, -1]
@@ -50,8 +54,8 @@ def contrastive_search_batch(module, prompts: list[list[int]], max_new_tokens: i
         cache.batch_repeat_interleave(k)
         mask = torch.cat([mask, torch.ones(b, 1, dtype=mask.dtype)], -1)
         cand = module(input_ids=top.indices.reshape(b * k, 1), attention_mask=mask.repeat_interleave(k, 0),
-                      position_ids=position.repeat_interleave(k)[:, None], past_key_values=cache, use_cache=True,
-                      output_hidden_states=True)
+                      position_ids=position.repeat_interleave(k)[:, None], use_cache=True, output_hidden_states=True,
+                      **{cache_kw: cache})
         h = cand.hidden_states[-1][:, -1].float().view(b, k, -1)
         similarity = torch.einsum("bkd,bnd->bkn", F.normalize(h, dim=-1), context).masked_fill(~real[:, None], float("-inf"))
         best = ((1 - alpha) * top.values - alpha * similarity.max(-1).values).argmax(-1)  # [b]
