@@ -12,7 +12,17 @@ After verification the accepted path lies on the path of some leaf k: drop every
 id becomes the sequence's id. No KV data moves.
 
 Limits: one tree may use at most n_seq_max sequence ids, one per leaf (llama.cpp caps n_seq_max at 256;
-default here 64). The KV cache (n_ctx tokens) is shared by every open sequence and batch row.
+default here 64). The KV cache (n_ctx tokens) is shared by every open sequence.
+
+A batch (B independent rows) runs in a llama context of its own with one KV stream per row
+(`kv_unified=False`): in the unified cache every row's token would attend over all rows' cells (masked),
+which cost 1.6x the decode time and 1.8x the prefill time at B=8 with 500-token prompts (measured, one
+thread: docs/backends.md) and made the rows' logits differ from the row decoded alone by up to 1.45. With a
+stream per row a row's logits are bitwise those of the row alone. The batch context starts at 8 rows x
+the capacity hint; longer rows double the cells per row (the rows' KV states move over exactly,
+`llama_state_seq_get/set_data`), more rows double the row count (rows are prefilled again there:
+equal up to the near-tie rounding, see `LlamaBatch.grow`).
+
 Hidden states are not exposed: drafters that read the target's features need the torch backend.
 
 Per-step cost: while any sequence or batch row is open, torch runs on ONE intra-op thread
@@ -119,15 +129,9 @@ class LlamaCppBackend:
         self.context_length = min(lib.llama_model_n_ctx_train(self.model), n_ctx)
         self.eos_token_ids = {t for t in range(self.vocab_size) if lib.llama_vocab_is_eog(self.vocab, t)}
         self.n_batch = n_batch
-        threads = n_threads or TorchThreads.available() or os.cpu_count() or 1
-        cparams = lib.llama_context_default_params()
-        cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = self.context_length, n_batch, n_batch
-        cparams.n_seq_max, cparams.kv_unified = n_seq_max, True  # unified: a seq_cp only tags cells
-        cparams.n_threads = cparams.n_threads_batch = threads
-        cparams.no_perf = True
-        # llama-cpp-python's own default (the benchmark anchor): flash attention rounds differently
-        cparams.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        self.ctx = lib.llama_init_from_model(self.model, cparams)
+        self.threads = n_threads or TorchThreads.available() or os.cpu_count() or 1
+        self.flash_attn = flash_attn
+        self.ctx = self.new_context(self.context_length, n_seq_max, unified=True)  # unified: a seq_cp only tags cells
         if not self.ctx:
             lib.llama_model_free(self.model)
             raise ModelLoadError(f"llama.cpp could not create a context for {gguf} (n_ctx={self.context_length})")
@@ -135,6 +139,20 @@ class LlamaCppBackend:
         self.max_leaves = self.max_rows = n_seq_max
         self.free_ids = list(range(n_seq_max))
         self.batch_buf = lib.llama_batch_init(max(n_batch, n_seq_max), 0, n_seq_max)
+
+    def new_context(self, n_ctx: int, n_seq_max: int, unified: bool):
+        """A llama context on this model (NULL if llama.cpp cannot make it); unified=False gives every
+        sequence its own n_ctx / n_seq_max cells."""
+        lib = self.lib
+        cparams = lib.llama_context_default_params()
+        cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = n_ctx, self.n_batch, self.n_batch
+        cparams.n_seq_max, cparams.kv_unified = n_seq_max, unified
+        cparams.n_threads = cparams.n_threads_batch = self.threads
+        cparams.no_perf = True
+        # llama-cpp-python's own default (the benchmark anchor): flash attention rounds differently
+        cparams.flash_attn_type = (lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.flash_attn
+                                   else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        return lib.llama_init_from_model(self.model, cparams)
 
     def __del__(self):
         lib = getattr(self, "lib", None)
@@ -163,12 +181,14 @@ class LlamaCppBackend:
 
     # -- decoding --------------------------------------------------------------------------------
 
-    def decode(self, tokens: list[int], positions: list[int], seq_ids: list[list[int]], logits: list[bool]) -> torch.Tensor:
-        """One llama_decode per n_batch tokens; the logits [k, vocab] of the k tokens that asked for them."""
+    def decode(self, tokens: list[int], positions: list[int], seq_ids: list[list[int]], logits: list[bool],
+               ctx=None, buf=None) -> torch.Tensor:
+        """One llama_decode per n_batch tokens (in `ctx`, default the sequences' context); the logits
+        [k, vocab] of the k tokens that asked for them."""
+        ctx, b = ctx or self.ctx, buf or self.batch_buf
         out = torch.empty(sum(logits), self.vocab_size)
         filled = 0
         for start in range(0, len(tokens), self.n_batch):
-            b = self.batch_buf
             end = min(start + self.n_batch, len(tokens))
             for j, i in enumerate(range(start, end)):
                 b.token[j], b.pos[j], b.logits[j] = tokens[i], positions[i], logits[i]
@@ -176,15 +196,15 @@ class LlamaCppBackend:
                 for k, s in enumerate(seq_ids[i]):
                     b.seq_id[j][k] = s
             b.n_tokens = end - start
-            rc = self.lib.llama_decode(self.ctx, b)
+            rc = self.lib.llama_decode(ctx, b)
             if rc == 1:
-                raise ClmkitError(f"the llama.cpp KV cache is full ({self.context_length} tokens shared by all open "
-                                  "sequences): fewer or shorter sequences, or load with a larger n_ctx")
+                raise ClmkitError(f"the llama.cpp KV cache is full ({self.lib.llama_n_ctx(ctx)} tokens shared by all "
+                                  "open sequences): fewer or shorter sequences, or load with a larger n_ctx")
             if rc != 0:
                 raise ClmkitError(f"llama_decode failed with code {rc}")
             n_out = sum(logits[start:end])
             if n_out:  # llama.cpp's output rows, in batch order: one view, one copy (the buffer is reused)
-                rows = np.ctypeslib.as_array(self.lib.llama_get_logits(self.ctx), shape=(n_out, self.vocab_size))
+                rows = np.ctypeslib.as_array(self.lib.llama_get_logits(ctx), shape=(n_out, self.vocab_size))
                 out[filled : filled + n_out] = torch.from_numpy(rows)
                 filled += n_out
         return out
@@ -193,7 +213,7 @@ class LlamaCppBackend:
         return LlamaSequence(self)
 
     def batch(self, capacity: int) -> "LlamaBatch":
-        return LlamaBatch(self)
+        return LlamaBatch(self, capacity)
 
 
 class LlamaSequence:
@@ -266,40 +286,109 @@ class LlamaSequence:
 
 
 class LlamaBatch:
-    """One sequence id per row; a step is one llama_batch holding one token per stepping row."""
+    """One KV stream per row in a context of its own (see the module docstring); a step is one
+    llama_batch holding one token per stepping row. A row's handle is its sequence id there."""
 
-    def __init__(self, backend: LlamaCppBackend):
+    def __init__(self, backend: LlamaCppBackend, capacity: int):
         self.b = backend
-        self.rows: dict[int, list[int]] = {}  # row -> [seq id, length]
+        self.slots = min(8, backend.max_rows)
+        self.cells = _round_up(min(max(capacity, 1), backend.context_length))  # per row
+        self.ctx = self.buf = None
+        self.open()
+        self.tokens: dict[int, list[int]] = {}  # row -> the tokens in its stream
+
+    def open(self) -> None:
+        lib = self.b.lib
+        ctx = self.b.new_context(self.slots * self.cells, self.slots, unified=False)
+        if not ctx:
+            raise ClmkitError(f"llama.cpp could not create a batch context of {self.slots} rows x {self.cells} "
+                              "tokens (out of memory?): fewer rows or shorter rows")
+        self.ctx, self.buf = ctx, lib.llama_batch_init(max(self.b.n_batch, self.slots), 0, 1)
+
+    def grow(self, rows: int, length: int) -> None:
+        """A context with room for `rows` rows of `length` tokens; the open rows move over. With the same
+        row count a row's KV state is copied (exact); llama.cpp's saved state names the context's stream
+        count, so with more rows each row is prefilled again (equal up to the near-tie rounding)."""
+        lib = self.b.lib
+        old_ctx, old_buf, old_size = self.ctx, self.buf, (self.slots, self.cells)
+        while self.slots < rows:
+            self.slots = min(2 * self.slots, self.b.max_rows)
+        while self.cells < length:
+            self.cells = min(2 * self.cells, _round_up(self.b.context_length))
+        states = {}
+        for row in self.tokens if self.slots == old_size[0] else ():
+            n = lib.llama_state_seq_get_size(old_ctx, row)
+            states[row] = (ctypes.c_uint8 * n)()
+            lib.llama_state_seq_get_data(old_ctx, states[row], n, row)
+        try:
+            self.open()
+        except ClmkitError:
+            self.ctx, self.buf, (self.slots, self.cells) = old_ctx, old_buf, old_size  # the rows stay usable
+            raise
+        lib.llama_batch_free(old_buf)
+        lib.llama_free(old_ctx)
+        for row, ids in self.tokens.items():
+            if row in states:
+                if lib.llama_state_seq_set_data(self.ctx, states[row], len(states[row]), row) == 0:
+                    raise ClmkitError(f"llama.cpp could not move batch row {row} into the grown batch context")
+            else:
+                self.b.decode(ids, list(range(len(ids))), [[row]] * len(ids), [False] * len(ids), self.ctx, self.buf)
 
     def add(self, ids: list[int]) -> tuple[int, torch.Tensor]:
-        [seq] = self.b.take_ids(1, "a batch row")
-        TorchThreads.enter()
+        if len(self.tokens) >= self.b.max_rows:
+            raise InputError(f"the llama.cpp backend decodes at most {self.b.max_rows} rows at once (n_seq_max)")
+        if len(ids) > self.b.context_length:
+            raise InputError(f"a batch row of {len(ids)} tokens exceeds the context ({self.b.context_length})")
+        row = min(set(range(self.b.max_rows)) - set(self.tokens))
+        if row >= self.slots or len(ids) > self.cells:
+            self.grow(row + 1, len(ids))
         n = len(ids)
         try:
-            logits = self.b.decode(ids, list(range(n)), [[seq]] * n, [False] * (n - 1) + [True])
-        except ClmkitError:
-            self.b.give_ids([seq])
-            TorchThreads.leave()
+            logits = self.b.decode(ids, list(range(n)), [[row]] * n, [False] * (n - 1) + [True], self.ctx, self.buf)
+        except ClmkitError:  # a prompt decoded in part leaves nothing behind
+            self.b.lib.llama_memory_seq_rm(self.b.lib.llama_get_memory(self.ctx), row, -1, -1)
             raise
-        self.rows[seq] = [seq, n]
-        return seq, logits[-1]
+        TorchThreads.enter()
+        self.tokens[row] = list(ids)
+        return row, logits[-1]
 
     def step(self, tokens: dict[int, int]) -> dict[int, torch.Tensor]:
-        unknown = set(tokens) - set(self.rows)
+        unknown = set(tokens) - set(self.tokens)
         if unknown:
             raise ValueError(f"batch rows {sorted(unknown)} are not in this batch")
         rows = list(tokens)
-        logits = self.b.decode([tokens[r] for r in rows], [self.rows[r][1] for r in rows], [[r] for r in rows],
-                               [True] * len(rows))
+        longest = max(len(self.tokens[r]) for r in rows) + 1
+        if longest > self.cells:
+            if longest > self.b.context_length:
+                raise InputError(f"a batch row would exceed the context ({self.b.context_length} tokens)")
+            self.grow(self.slots, longest)
+        logits = self.b.decode([tokens[r] for r in rows], [len(self.tokens[r]) for r in rows], [[r] for r in rows],
+                               [True] * len(rows), self.ctx, self.buf)
         for r in rows:
-            self.rows[r][1] += 1
+            self.tokens[r].append(tokens[r])
         return dict(zip(rows, logits))
 
     def drop(self, row: int) -> None:
-        self.rows.pop(row)
-        self.b.give_ids([row])
+        self.tokens.pop(row)
+        self.b.lib.llama_memory_seq_rm(self.b.lib.llama_get_memory(self.ctx), row, -1, -1)
         TorchThreads.leave()
+
+    def __del__(self):
+        lib = self.b.lib
+        try:
+            for _ in self.tokens:  # rows never dropped must not leave torch on one thread
+                TorchThreads.leave()
+            self.tokens = {}
+            if self.ctx:
+                lib.llama_batch_free(self.buf)
+                lib.llama_free(self.ctx)
+                self.ctx = None
+        except Exception:  # interpreter shutdown: the library may already be gone
+            pass
+
+
+def _round_up(n: int, to: int = 256) -> int:
+    return -(-n // to) * to
 
 
 def _no_hidden(hidden: bool) -> None:

@@ -129,17 +129,46 @@ def test_sampling_is_lossless_on_llamacpp(llama_model):
 
 
 def test_batch_rows_identical_to_unbatched(llama_model):
+    """10 rows: the batch context outgrows its first 8 rows on the way (rows re-prefilled there)."""
     engine = Engine(llama_model)
-    texts = [PROMPTS[0], "Hi!", PROMPTS[1]]
-    want = [engine.complete(t, max_new_tokens=n) for t, n in zip(texts, (20, 8, 14))]
+    texts = [PROMPTS[0], "Hi!", PROMPTS[1], *(f"Count from {i} to {i + 5}." for i in range(7))]
+    budgets = [20, 8, 14, *[6] * 7]
+    want = [engine.complete(t, max_new_tokens=n) for t, n in zip(texts, budgets)]
     dec = engine.batch_decoder()
-    ids = [dec.add(t, max_new_tokens=n) for t, n in zip(texts, (20, 8, 14))]
+    ids = [dec.add(t, max_new_tokens=n) for t, n in zip(texts, budgets)]
+    assert dec.batch.slots == 16
     got = {i: [] for i in ids}
     while dec.active:
         for rid, chunk in dec.step():
             got[rid].extend(chunk.token_ids)
     for rid, w, t in zip(ids, want, texts):
         check_parity(llama_model.backend, engine.encode(t), w.token_ids, got[rid], "batch row")
+
+
+def test_batch_row_logits_bitwise_equal_to_the_row_alone(llama_model):
+    """A KV stream per row: every step's logits are exactly the row's own, also after the rows outgrow
+    the batch context's cells (their KV states are copied into a larger context)."""
+    backend, tok = llama_model.backend, llama_model.tokenizer
+    prompts = [tok.encode(PROMPTS[0]), tok.encode("Hi!")]
+    steps = 256 + 4 - min(map(len, prompts))  # every row crosses the first 256 cells
+    batch = backend.batch(16)
+    rows = [batch.add(p) for p in prompts]
+    got = {row: [logits] for row, logits in rows}
+    last = {row: int(logits.argmax()) for row, logits in rows}
+    for _ in range(steps):
+        for row, logits in batch.step(last).items():
+            got[row].append(logits)
+            last[row] = int(logits.argmax())
+    assert batch.cells == 512
+    for (row, _), p in zip(rows, prompts):
+        seq = backend.sequence(len(p) + steps)
+        alone = [seq.prefill(p)]
+        for logits in got[row][:-1]:
+            alone.append(seq.tree(TokenTree(torch.tensor([int(logits.argmax())]), torch.tensor([-1])))[0])
+            seq.keep([0])
+        seq.close()
+        assert all(torch.equal(a, b) for a, b in zip(alone, got[row]))
+        batch.drop(row)
 
 
 def test_limits_and_torch_only_features_fail_clearly(llama_model):
