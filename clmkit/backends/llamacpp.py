@@ -16,7 +16,7 @@ default here 64). The KV cache (n_ctx tokens) is shared by every open sequence.
 
 A batch (B independent rows) runs in a llama context of its own with one KV stream per row
 (`kv_unified=False`): in the unified cache every row's token would attend over all rows' cells (masked),
-which cost 1.6x the decode time and 1.8x the prefill time at B=8 with 500-token prompts (measured, one
+which cost 1.6x the decode time and 1.9x the prefill time at B=8 with 500-token prompts (measured, one
 thread: docs/backends.md) and made the rows' logits differ from the row decoded alone by up to 1.45. With a
 stream per row a row's logits are bitwise those of the row alone. The batch context starts at 8 rows x
 the capacity hint; longer rows double the cells per row (the rows' KV states move over exactly,

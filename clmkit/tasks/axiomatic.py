@@ -32,9 +32,10 @@ _ALPHABET = string.ascii_letters + string.digits
 def node_names(k: int, rng: random.Random, length: tuple[int, int] = (1, 3), pool: Sequence[str] | None = None) -> list[str]:
     """k distinct random alphanumeric names of `length` characters, or k distinct names drawn from `pool`."""
     if pool is not None:
-        if len(set(pool)) < k:
-            raise ValueError(f"a pool of {len(set(pool))} distinct names cannot name {k} nodes")
-        return rng.sample(sorted(set(pool)), k)
+        distinct = sorted(set(pool))
+        if len(distinct) < k:
+            raise ValueError(f"a pool of {len(distinct)} distinct names cannot name {k} nodes")
+        return rng.sample(distinct, k)
     names: list[str] = []
     while len(names) < k:
         name = "".join(rng.choice(_ALPHABET) for _ in range(rng.randint(*length)))

@@ -126,8 +126,9 @@ def layout(tok, item: dict, repeat: bool) -> tuple[list[int], int, list[int]]:
     answers = list(range(len(ids), len(row)))
     for key, value in item.get("more", ()):
         row += tok.encode(f" {key}")
-        answers += range(len(row), len(row) + len(tok.encode(f" {value}")))
-        row += tok.encode(f" {value}")
+        reply = tok.encode(f" {value}")
+        answers += range(len(row), len(row) + len(reply))
+        row += reply
     return row, len(ids), answers
 
 
