@@ -1,6 +1,6 @@
 """`clm eval code|recall|position-bias|judge|compress` and `clm train compressor`.
 
-    clm eval code --dataset humaneval --strategy plain --strategy cot --strategy secot --limit 20
+    clm eval code --dataset humaneval --strategy plain --strategy cot --strategy secot --limit 20 --batch-size 8
     clm eval recall --limit 100 --pairs 32 --rag 20          # JRT vs the plain prompt
     clm eval position-bias --task cold --limit 100           # every option order, plain vs PINE
     clm eval judge --limit 40                                # LM-as-a-judge, A/B swapped, plain vs PINE
@@ -75,6 +75,10 @@ def eval_code(
     limit: Optional[int] = typer.Option(None, "--limit", "-n", help="N problems spread over the dataset."),
     timeout: float = typer.Option(10.0, "--timeout", help="Seconds per candidate in the sandbox."),
     memory_mb: int = typer.Option(1024, "--memory-mb", help="Address-space limit per candidate."),
+    batch_size: int = typer.Option(1, "--batch-size", help="Decode B (problem, strategy) attempts together "
+                                                           "(greedy output unchanged; see docs/reasoning.md)."),
+    code_tokens: Optional[int] = typer.Option(None, "--code-tokens", help="Token budget of the call that writes "
+                                              "the code (default: that of the records already there, else 512)."),
     done_only: bool = DONE_ONLY,
     output_dir: Path = typer.Option(Path("runs/prompting/code"), "--output-dir", "-o"),
 ):
@@ -87,11 +91,14 @@ def eval_code(
         from clmkit.tasks.code import DATASETS
 
         _positive("--limit", limit)
+        _positive("--batch-size", batch_size)
+        _positive("--code-tokens", code_tokens)
         if dataset not in DATASETS or any(s not in CODE_STRATEGIES for s in strategy):
             raise InputError(f"--dataset is one of {', '.join(DATASETS)}; --strategy of {', '.join(CODE_STRATEGIES)}")
         lm = SimpleNamespace(name=model, backend=backend) if done_only else ClmkitModel(model, backend=backend)
         s = code_pass_at_1(lm, dataset, strategy, limit, output_dir / dataset, timeout_s=timeout, memory_mb=memory_mb,
-                           done_only=done_only, progress=progress)
+                           done_only=done_only, progress=progress, batch_size=batch_size,
+                           code_tokens=code_tokens)
         return s, ["strategy", "n", "correct", "pass@1", "ci95", "mean_s"]
 
     _run(f"{dataset} pass@1 · {model}", work)

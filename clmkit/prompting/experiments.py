@@ -19,6 +19,7 @@ import math
 import random
 import re
 import statistics
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -49,6 +50,7 @@ class Records:
         # a killed run may leave a torn last line: the next record must start on a line of its own
         # (only the writer fixes it, so a --done-only reader never touches a file being written)
         self.torn = self.path.exists() and not self.path.read_bytes().endswith(b"\n") and self.path.stat().st_size > 0
+        self._lock = threading.Lock()  # batched runs make records on several threads
 
     def has_all(self, keys) -> bool:
         return all(key in self.rows for key in keys)
@@ -56,10 +58,11 @@ class Records:
     def get_or_make(self, key: str, make: Callable[[], dict]) -> dict:
         if key not in self.rows:
             row = {"key": key, **make()}
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(("\n" if self.torn else "") + json.dumps(row, default=str) + "\n")
-            self.torn = False
-            self.rows[key] = row
+            with self._lock:
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.write(("\n" if self.torn else "") + json.dumps(row, default=str) + "\n")
+                self.torn = False
+                self.rows[key] = row
         return self.rows[key]
 
 
@@ -126,37 +129,56 @@ def _tick(progress, task) -> None:
 
 
 def code_pass_at_1(text_model, dataset: str, strategies: list[str], limit: int | None, out: Path, *,
-                   timeout_s: float = 10.0, memory_mb: int = 1024, done_only: bool = False, progress=None) -> dict:
+                   timeout_s: float = 10.0, memory_mb: int = 1024, done_only: bool = False, progress=None,
+                   batch_size: int = 1, code_tokens: int | None = None) -> dict:
     """pass@1 per strategy on `limit` problems spread over the dataset. `done_only`: summarize the
-    problems every strategy has a record for (an interrupted run) and generate nothing."""
+    problems every strategy has a record for (an interrupted run) and generate nothing. `batch_size`
+    > 1 (clmkit models): that many (problem, strategy) attempts in flight, their model calls decoded
+    as one batch (reasoning/batch.py: greedy output as the serial run's); a record's `seconds` is
+    then its wall time while sharing the batch. `code_tokens`: the budget of the call that writes the
+    code (default: the budget of the records already there, else secot.CODE_TOKENS); one file's
+    records all share one budget."""
     from clmkit.prompting.sandbox import run_program
-    from clmkit.prompting.secot import CODE_STRATEGIES, extract_code, program_with_tests
+    from clmkit.prompting.secot import CODE_STRATEGIES, CODE_TOKENS, extract_code, program_with_tests
     from clmkit.tasks.code import load_code
 
     unknown = [s for s in strategies if s not in CODE_STRATEGIES]
     if unknown:
         raise InputError(f"unknown code strategy {unknown[0]!r}; choose from {', '.join(CODE_STRATEGIES)}")
     records = Records(Path(out) / f"{dataset}__{text_model.name.replace('/', '-')}.jsonl")
+    budgets = {r.get("code_tokens", 320) for r in records.rows.values()}  # records before the field: 320
+    code_tokens = code_tokens or (min(budgets) if len(budgets) == 1 else CODE_TOKENS)  # a rerun resumes alike
+    if budgets - {code_tokens}:
+        raise InputError(f"{records.path} holds records made with a code budget of {sorted(budgets)} tokens, "
+                         f"not {code_tokens}: pass --code-tokens {min(budgets)} or another --output-dir")
     items = _done(records, spread_first(select(load_code(dataset), limit)),
                   lambda i: [f"{i.id}|{s}" for s in strategies], done_only)
     task = progress.add_task(f"{dataset} pass@1", total=len(items) * len(strategies)) if progress else None
 
-    def attempt(item, strategy):
+    def attempt(model, item, strategy):
         def make():
             started = time.perf_counter()
-            result = CODE_STRATEGIES[strategy](text_model, item)
+            result = CODE_STRATEGIES[strategy](model, item, code_tokens)
             code = extract_code(result.output)
             verdict = run_program(program_with_tests(item, code), timeout_s=timeout_s, memory_mb=memory_mb)
             return {"id": item.id, "strategy": strategy, "passed": verdict.passed, "status": verdict.status,
                     "isolation": verdict.network_isolation, "code": code[:4000], "steps": result.steps,
-                    "seconds": round(time.perf_counter() - started, 2)}
-        return records.get_or_make(f"{item.id}|{strategy}", make)
+                    "seconds": round(time.perf_counter() - started, 2), "batch_size": batch_size,
+                    "code_tokens": code_tokens}
+        record = records.get_or_make(f"{item.id}|{strategy}", make)
+        _tick(progress, task)
+        return record
 
-    per: dict[str, list[dict]] = {s: [] for s in strategies}
-    for item in items:
-        for strategy in strategies:
-            per[strategy].append(attempt(item, strategy))
-            _tick(progress, task)
+    todo = [(item, strategy) for item in items for strategy in strategies]  # interleaved: item i's before i+1's
+    if batch_size > 1 and hasattr(text_model, "engine"):
+        from clmkit.reasoning.batch import BatchedModel, run_concurrently  # imports torch: only when batching
+
+        for _ in run_concurrently(todo, BatchedModel(text_model, batch_size), lambda m, pair: attempt(m, *pair)):
+            pass
+    else:
+        for item, strategy in todo:
+            attempt(text_model, item, strategy)
+    per = {s: [records.rows[f"{item.id}|{s}"] for item in items] for s in strategies}
     rows = []
     for strategy, rs in per.items():
         stat = _proportion(sum(r["passed"] for r in rs), len(rs))
@@ -164,7 +186,8 @@ def code_pass_at_1(text_model, dataset: str, strategies: list[str], limit: int |
         rows.append({"strategy": strategy, **stat, "pass@1": stat["accuracy"], "statuses": statuses,
                      "mean_s": round(statistics.mean(r["seconds"] for r in rs), 1)})
     summary = {"dataset": dataset, "model": text_model.name, "backend": getattr(text_model, "backend", None),
-               "n": len(items), "rows": rows,
+               "batch_sizes": sorted({r.get("batch_size", 1) for rs in per.values() for r in rs}),  # of the records
+               "code_tokens": code_tokens, "n": len(items), "rows": rows,
                "isolation": sorted({r["isolation"] for rs in per.values() for r in rs}),
                "paired": {f"{s} vs {strategies[0]}": paired_binary([r["passed"] for r in per[s]],
                                                                    [r["passed"] for r in per[strategies[0]]])

@@ -61,7 +61,9 @@ def draw(found: list[dict], out: Path) -> None:
         names = list(dict.fromkeys(r["strategy"] for s in code for r in s["rows"]))
         series = {n: [next(((r["pass@1"], tuple(r["ci95"])) for r in s["rows"] if r["strategy"] == n), None)
                       for s in code] for n in names}
-        _grouped(axes[0, 0], [f"{s['dataset']} (n={s['n']})" for s in code], series, "pass@1")
+        several = len({s.get("model") for s in code}) > 1  # then each group names its model
+        _grouped(axes[0, 0], [f"{s['dataset']}{', ' + s['model'] if several else ''} (n={s['n']})" for s in code],
+                 series, "pass@1")
         axes[0, 0].set_title("SeCoT: pass@1, one greedy sample", fontsize=9)
     else:
         _empty(axes[0, 0], "code")
@@ -112,8 +114,8 @@ def draw(found: list[dict], out: Path) -> None:
         ax.legend(fontsize=6)
     else:
         _empty(axes[1, 1], "compression")
-    model = next((s.get("model") for s in found if s.get("model")), "?")
-    fig.suptitle(f"Prompting papers on {model} (95% intervals)", fontsize=10)
+    models = ", ".join(dict.fromkeys(s["model"] for s in found if s.get("model"))) or "?"
+    fig.suptitle(f"Prompting papers on {models} (95% intervals)", fontsize=10)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

@@ -3,7 +3,8 @@ for Code Generation"): before writing code, the model writes the code's *semanti
 flow (where each value comes from and goes) and control flow (loops, branches, returns) -- learned
 in context from worked examples; then it writes the code conditioned on them.
 
-Code strategies, `CODE_STRATEGIES[name](model, item) -> Attempt` (the answer is the code):
+Code strategies, `CODE_STRATEGIES[name](model, item, code_tokens) -> Attempt` (the answer is the code;
+`code_tokens` is the budget of the call that writes it):
 
     plain    the requirement, "write the code" (zero-shot)
     fewshot  the same worked examples SeCoT sees, requirement -> code only (isolates the semantics)
@@ -24,7 +25,7 @@ from clmkit.reasoning.strategies import Attempt, ask
 from clmkit.tasks.base import TaskItem
 
 SEMANTICS_TOKENS = 192
-CODE_TOKENS = 320
+CODE_TOKENS = 512  # a coder model restates HumanEval's docstring before the body: 320 cut some
 
 EXAMPLES = [
     {
@@ -73,29 +74,29 @@ def _example(example: dict, semantics: bool, code: bool) -> str:
 _WRITE_CODE = "Write the Python code in one ```python code block."
 
 
-def plain(model, item: TaskItem) -> Attempt:
+def plain(model, item: TaskItem, code_tokens: int = CODE_TOKENS) -> Attempt:
     attempt = Attempt("")
-    attempt.output = ask(model, attempt, f"{requirement(item)}\n{_WRITE_CODE}", CODE_TOKENS)
+    attempt.output = ask(model, attempt, f"{requirement(item)}\n{_WRITE_CODE}", code_tokens)
     return attempt
 
 
-def fewshot(model, item: TaskItem) -> Attempt:
+def fewshot(model, item: TaskItem, code_tokens: int = CODE_TOKENS) -> Attempt:
     shots = "\n\n".join(_example(e, semantics=False, code=True) for e in EXAMPLES)
     attempt = Attempt("")
-    attempt.output = ask(model, attempt, f"{shots}\n\n### Requirement\n{requirement(item)}\n{_WRITE_CODE}", CODE_TOKENS)
+    attempt.output = ask(model, attempt, f"{shots}\n\n### Requirement\n{requirement(item)}\n{_WRITE_CODE}", code_tokens)
     return attempt
 
 
-def cot(model, item: TaskItem) -> Attempt:
+def cot(model, item: TaskItem, code_tokens: int = CODE_TOKENS) -> Attempt:
     attempt = Attempt("")
     task = requirement(item)
     reasoning = ask(model, attempt, f"{task}\nLet's think step by step about how to solve it. Do not write code yet.",
                     SEMANTICS_TOKENS)
-    attempt.output = ask(model, attempt, f"{task}\n{reasoning.strip()}\nNow write the code. {_WRITE_CODE}", CODE_TOKENS)
+    attempt.output = ask(model, attempt, f"{task}\n{reasoning.strip()}\nNow write the code. {_WRITE_CODE}", code_tokens)
     return attempt
 
 
-def secot(model, item: TaskItem) -> Attempt:
+def secot(model, item: TaskItem, code_tokens: int = CODE_TOKENS) -> Attempt:
     attempt = Attempt("")
     task = requirement(item)
     shots = "\n\n".join(_example(e, semantics=True, code=False) for e in EXAMPLES)
@@ -105,7 +106,7 @@ def secot(model, item: TaskItem) -> Attempt:
     shots = "\n\n".join(_example(e, semantics=True, code=True) for e in EXAMPLES)
     attempt.output = ask(model, attempt, f"{shots}\n\n### Requirement\n{task}\n{semantics}\n"
                                          f"Write the code that follows this data flow and control flow. {_WRITE_CODE}",
-                         CODE_TOKENS)
+                         code_tokens)
     return attempt
 
 

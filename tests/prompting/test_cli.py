@@ -12,6 +12,8 @@ from clmkit.cli import app
     (["eval", "code", "--dataset", "nope"], "--dataset is one of humaneval, mbpp"),
     (["eval", "code", "--strategy", "magic"], "--strategy of plain, fewshot, cot, secot"),
     (["eval", "code", "--limit", "0"], "--limit must be >= 1"),
+    (["eval", "code", "--batch-size", "0"], "--batch-size must be >= 1"),
+    (["eval", "code", "--code-tokens", "0"], "--code-tokens must be >= 1"),
     (["eval", "recall", "--pairs", "0"], "--pairs must be >= 1"),
     (["eval", "position-bias", "--limit", "0"], "--limit must be >= 1"),
     (["eval", "judge", "--limit", "0"], "--limit must be >= 1"),

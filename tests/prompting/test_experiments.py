@@ -86,6 +86,11 @@ def test_figure_draws_what_it_finds(tmp_path):
                                        for m, c in (("plain", 0.8), ("pine", 1.0))]}
     draw([position], tmp_path / "fig.png")  # the other three panels say they found nothing
     assert (tmp_path / "fig.png").stat().st_size > 10_000
+    code = [{"file": f"humaneval__{m}.summary.json", "dataset": "humaneval", "model": m, "n": 4,
+             "rows": [{"strategy": s, "pass@1": 0.5, "ci95": [0.2, 0.8]} for s in ("plain", "secot")]}
+            for m in ("m", "coder")]  # two models' code runs: one group each
+    draw([position, *code], tmp_path / "fig2.png")
+    assert (tmp_path / "fig2.png").stat().st_size > 10_000
 
 
 def test_records_survive_a_torn_last_line(tmp_path):
@@ -95,3 +100,39 @@ def test_records_survive_a_torn_last_line(tmp_path):
     assert set(records.rows) == {"a"}
     records.get_or_make("b", lambda: {"v": 2})
     assert Records(path).rows["b"]["v"] == 2 and Records(path).rows["a"]["v"] == 1
+
+
+def test_code_pass_at_1_batched_equals_the_serial_run(tiny_llama, tmp_path, monkeypatch):
+    import clmkit.prompting.secot as secot
+    import clmkit.reasoning.batch as batch
+    import clmkit.tasks.code as code
+    from clmkit import Engine
+    from clmkit.prompting.experiments import code_pass_at_1
+    from clmkit.reasoning.lm import ClmkitModel
+
+    class TinyModel(ClmkitModel):
+        def __init__(self, model):  # the test's tiny model, no chat template
+            self.name, self.chat, self.engine = model.name, False, Engine(model)
+
+    problems = [TaskItem(f"mbpp-{k}", f"f{k}", None,
+                         {"dataset": "mbpp", "test_list": [f"assert f{k}() == {k}"], "test_imports": []})
+                for k in range(5)]
+    monkeypatch.setattr(code, "load_code", lambda name: problems)
+    # the tiny model has a 256-token context: one short worked example, short budgets
+    monkeypatch.setattr(secot, "EXAMPLES", [{"requirement": "g", "data_flow": "-", "control_flow": "-", "code": "g"}])
+    monkeypatch.setattr(secot, "SEMANTICS_TOKENS", 6)
+    made, original = [], batch.BatchedModel
+    monkeypatch.setattr(batch, "BatchedModel", lambda *a: made.append(original(*a)) or made[-1])
+    model, strategies = TinyModel(tiny_llama), ["plain", "cot", "secot"]
+    serial = code_pass_at_1(model, "mbpp", strategies, None, tmp_path / "serial", code_tokens=10)
+    together = code_pass_at_1(model, "mbpp", strategies, None, tmp_path / "batched", batch_size=4, code_tokens=10)
+    assert made and max(made[0].rows_per_step) > 1  # really decoded together
+    rows = lambda d: {r["key"]: (r["code"], r["status"], r["steps"]) for r in experiments.Records(  # noqa: E731
+        d / "mbpp__tiny-llama.jsonl").rows.values()}
+    assert len(rows(tmp_path / "serial")) == 15 and rows(tmp_path / "serial") == rows(tmp_path / "batched")
+    assert [r["pass@1"] for r in serial["rows"]] == [r["pass@1"] for r in together["rows"]]
+    assert together["batch_sizes"] == [4] and serial["batch_sizes"] == [1] and together["n"] == 5
+    # a rerun resumes with the file's budget; another budget into the same file is refused
+    assert code_pass_at_1(model, "mbpp", strategies, None, tmp_path / "serial")["code_tokens"] == 10
+    with pytest.raises(InputError, match="--code-tokens 10 or another --output-dir"):
+        code_pass_at_1(model, "mbpp", strategies, None, tmp_path / "serial", code_tokens=12)
