@@ -92,6 +92,17 @@ def tiny_llama(tiny_models):
     return tiny_models["llama"]
 
 
+def loaded_text_model(model, chat: bool | None = False):
+    """The reasoning layer's `ClmkitModel` around an already loaded clmkit `Model` (a tiny test model or
+    the embedded one): no loading by name; no chat template unless asked."""
+    from clmkit import Engine
+    from clmkit.reasoning.lm import ClmkitModel
+
+    text_model = ClmkitModel.__new__(ClmkitModel)
+    text_model.name, text_model.chat, text_model.engine = model.name, chat, Engine(model)
+    return text_model
+
+
 @pytest.fixture(scope="session")
 def embedded_model():
     """The real embedded default model (marked tests only)."""

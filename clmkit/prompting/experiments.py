@@ -30,6 +30,7 @@ from clmkit.bench.report import markdown_table, write_json
 from clmkit.errors import InputError
 from clmkit.models import Model
 from clmkit.prompting.stats import bootstrap_ci, mean_ci, paired_binary, paired_diff
+from clmkit.reasoning.batch import BatchedModel, run_concurrently
 from clmkit.reasoning.evaluate import select, wilson
 
 
@@ -171,8 +172,6 @@ def code_pass_at_1(text_model, dataset: str, strategies: list[str], limit: int |
 
     todo = [(item, strategy) for item in items for strategy in strategies]  # interleaved: item i's before i+1's
     if batch_size > 1 and hasattr(text_model, "engine"):
-        from clmkit.reasoning.batch import BatchedModel, run_concurrently  # imports torch: only when batching
-
         for _ in run_concurrently(todo, BatchedModel(text_model, batch_size), lambda m, pair: attempt(m, *pair)):
             pass
     else:

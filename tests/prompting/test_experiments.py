@@ -11,6 +11,7 @@ from clmkit.errors import InputError
 from clmkit.prompting import experiments
 from clmkit.prompting.experiments import Records, gold_index, option_layout, position_bias, recall, spread_first
 from clmkit.tasks.base import TaskItem
+from tests.conftest import loaded_text_model
 
 COLD_LIKE = TaskItem("c1", "Which is the cause of 'the cake rises'?\nA. bake it.\nB. buy flour.\nAnswer:", 0,
                      ["bake it.", "buy flour."], {"answer_format": "choice"})
@@ -104,15 +105,8 @@ def test_records_survive_a_torn_last_line(tmp_path):
 
 def test_code_pass_at_1_batched_equals_the_serial_run(tiny_llama, tmp_path, monkeypatch):
     import clmkit.prompting.secot as secot
-    import clmkit.reasoning.batch as batch
     import clmkit.tasks.code as code
-    from clmkit import Engine
     from clmkit.prompting.experiments import code_pass_at_1
-    from clmkit.reasoning.lm import ClmkitModel
-
-    class TinyModel(ClmkitModel):
-        def __init__(self, model):  # the test's tiny model, no chat template
-            self.name, self.chat, self.engine = model.name, False, Engine(model)
 
     problems = [TaskItem(f"mbpp-{k}", f"f{k}", None,
                          {"dataset": "mbpp", "test_list": [f"assert f{k}() == {k}"], "test_imports": []})
@@ -121,9 +115,9 @@ def test_code_pass_at_1_batched_equals_the_serial_run(tiny_llama, tmp_path, monk
     # the tiny model has a 256-token context: one short worked example, short budgets
     monkeypatch.setattr(secot, "EXAMPLES", [{"requirement": "g", "data_flow": "-", "control_flow": "-", "code": "g"}])
     monkeypatch.setattr(secot, "SEMANTICS_TOKENS", 6)
-    made, original = [], batch.BatchedModel
-    monkeypatch.setattr(batch, "BatchedModel", lambda *a: made.append(original(*a)) or made[-1])
-    model, strategies = TinyModel(tiny_llama), ["plain", "cot", "secot"]
+    made, original = [], experiments.BatchedModel
+    monkeypatch.setattr(experiments, "BatchedModel", lambda *a: made.append(original(*a)) or made[-1])
+    model, strategies = loaded_text_model(tiny_llama), ["plain", "cot", "secot"]
     serial = code_pass_at_1(model, "mbpp", strategies, None, tmp_path / "serial", code_tokens=10)
     together = code_pass_at_1(model, "mbpp", strategies, None, tmp_path / "batched", batch_size=4, code_tokens=10)
     assert made and max(made[0].rows_per_step) > 1  # really decoded together

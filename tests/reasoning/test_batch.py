@@ -6,24 +6,19 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from clmkit import Engine
 from clmkit.reasoning.batch import BatchedModel, run_concurrently
 from clmkit.reasoning.evaluate import batched, run, run_item
-from clmkit.reasoning.lm import ClmkitModel, FakeModel
+from clmkit.reasoning.lm import FakeModel
 from clmkit.tasks.base import TaskItem
+from tests.conftest import loaded_text_model
 
 PROMPTS = ["the quick brown fox", "hello", "def add(a, b):\n    return", "1 2 3 4 5 6 7 8 9 10 11",
            "héllo wörld — naïve", "general kenobi hello there the lazy dog jumps over the quick brown"]
 
 
-class TinyModel(ClmkitModel):
-    def __init__(self, model):  # no loading by name: the test's tiny model, no chat template
-        self.name, self.chat, self.engine = model.name, False, Engine(model)
-
-
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
 def test_concurrent_calls_equal_unbatched_complete(tiny_models, arch):
-    model = TinyModel(tiny_models[arch])
+    model = loaded_text_model(tiny_models[arch])
     calls = list(zip(PROMPTS, [12, 3, 20, 1, 9, 16], [[], [" the"], ["\n"], [], ["o"], ["dog"]]))
     wrapped = BatchedModel(model, batch_size=len(calls))
     with wrapped.decoding(), ThreadPoolExecutor(len(calls)) as pool:  # rows join and leave at different steps
@@ -42,7 +37,7 @@ def test_batched_strategy_run_equals_the_serial_run(tiny_llama, tmp_path, strate
     import clmkit.reasoning.strategies as strategies
 
     monkeypatch.setattr(strategies, "REASONING_TOKENS", 12)  # keep the tiny model's CoT short
-    model = TinyModel(tiny_llama)
+    model = loaded_text_model(tiny_llama)
     serial = run(items(), model, strategy, tmp_path / "serial.jsonl", task="toy")
     wrapped = BatchedModel(model, batch_size=3)
     executor = lambda todo: run_concurrently(todo, wrapped, lambda m, item: run_item(m, strategy, item))  # noqa: E731
@@ -56,7 +51,7 @@ def test_batched_strategy_run_equals_the_serial_run(tiny_llama, tmp_path, strate
 
 
 def test_a_bad_call_fails_alone(tiny_llama):
-    wrapped = BatchedModel(TinyModel(tiny_llama), batch_size=4)
+    wrapped = BatchedModel(loaded_text_model(tiny_llama), batch_size=4)
     prompts = ["hello", "the quick", "x " * 400, "def add"]  # the third exceeds the 256-token context
 
     def work(model, prompt):
@@ -73,21 +68,18 @@ def test_a_bad_call_fails_alone(tiny_llama):
 
 def test_complete_outside_a_decoding_block_is_an_error(tiny_llama):
     with pytest.raises(RuntimeError, match="no decoder is running"):
-        BatchedModel(TinyModel(tiny_llama)).complete("hello", max_new_tokens=2)
+        BatchedModel(loaded_text_model(tiny_llama)).complete("hello", max_new_tokens=2)
 
 
 def test_batched_falls_back_to_serial_for_endpoints_and_batch_size_one(tiny_llama):
-    for model, size in ((FakeModel(["yes"]), 8), (TinyModel(tiny_llama), 1)):
+    for model, size in ((FakeModel(["yes"]), 8), (loaded_text_model(tiny_llama), 1)):
         records = list(batched(model, "direct", size)(items(2)))
         assert [r["id"] for r in records] == ["i0", "i1"]  # serial: in order
 
 
 @pytest.mark.embedded
 def test_embedded_model_batched_calls_equal_unbatched(embedded_model):
-    from clmkit.reasoning.lm import ClmkitModel
-
-    model = ClmkitModel.__new__(ClmkitModel)
-    model.name, model.chat, model.engine = embedded_model.name, None, Engine(embedded_model)
+    model = loaded_text_model(embedded_model, chat=None)
     prompts = ["Is the sky blue? Answer with yes or no.", "What is 2 + 2?"]
     wrapped = BatchedModel(model, batch_size=2)
     with wrapped.decoding(), ThreadPoolExecutor(2) as pool:

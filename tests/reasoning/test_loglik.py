@@ -9,9 +9,10 @@ from clmkit import Engine
 from clmkit.errors import InputError
 from clmkit.hf_adapter import Forward
 from clmkit.reasoning.evaluate import metrics, run
-from clmkit.reasoning.lm import ClmkitModel, FakeModel
+from clmkit.reasoning.lm import FakeModel
 from clmkit.reasoning.loglik import choice_trie, encode_pair, pick, score_continuations
 from clmkit.tasks.base import TaskItem
+from tests.conftest import loaded_text_model
 
 TOLERANCE = 1e-4  # fp32: the tree forward and the full forward differ only by summation order
 
@@ -22,11 +23,6 @@ def plain_logprob(module, context: list[int], continuation: list[int]) -> float:
         logits = module(input_ids=torch.tensor([context + continuation])).logits[0].float().log_softmax(-1)
     n = len(context)
     return sum(float(logits[n - 1 + j, t]) for j, t in enumerate(continuation))
-
-
-class TinyModel(ClmkitModel):
-    def __init__(self, model, chat: bool = False):  # no loading by name: the test's tiny model
-        self.name, self.chat, self.engine = model.name, chat, Engine(model)
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
@@ -74,7 +70,7 @@ def test_empty_inputs_are_clear_errors(tiny_llama):
 
 def test_a_prompt_longer_than_the_context_is_a_clear_error(tiny_llama):
     with pytest.raises(InputError, match="context of 256 tokens"):
-        TinyModel(tiny_llama).loglikelihood("hello " * 300, ["yes", "no"])
+        loaded_text_model(tiny_llama).loglikelihood("hello " * 300, ["yes", "no"])
 
 
 def test_pick_acc_and_acc_norm():
@@ -92,7 +88,7 @@ def items() -> list[TaskItem]:
 
 @pytest.mark.parametrize("chat", [False, True])
 def test_direct_ll_predicts_the_most_likely_choice(tiny_llama, tokenizer, tmp_path, chat):
-    model = TinyModel(tiny_llama, chat=chat)
+    model = loaded_text_model(tiny_llama, chat=chat)
     records = run(items(), model, "direct-ll", tmp_path / "p.jsonl", task="toy")
     by_id = {r["id"]: r for r in records}
     for item_id, choices in (("yn", ["yes", "no"]), ("mc", ["A", "B"])):
