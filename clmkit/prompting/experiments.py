@@ -30,7 +30,7 @@ from clmkit.bench.report import markdown_table, write_json
 from clmkit.errors import InputError
 from clmkit.models import Model
 from clmkit.prompting.stats import bootstrap_ci, mean_ci, paired_binary, paired_diff
-from clmkit.reasoning.batch import BatchedModel, run_concurrently
+from clmkit.reasoning.batch import run_each
 from clmkit.reasoning.evaluate import select, wilson
 
 
@@ -171,12 +171,8 @@ def code_pass_at_1(text_model, dataset: str, strategies: list[str], limit: int |
         return record
 
     todo = [(item, strategy) for item in items for strategy in strategies]  # interleaved: item i's before i+1's
-    if batch_size > 1 and hasattr(text_model, "engine"):
-        for _ in run_concurrently(todo, BatchedModel(text_model, batch_size), lambda m, pair: attempt(m, *pair)):
-            pass
-    else:
-        for item, strategy in todo:
-            attempt(text_model, item, strategy)
+    for _ in run_each(todo, text_model, lambda m, pair: attempt(m, *pair), batch_size):
+        pass
     per = {s: [records.rows[f"{item.id}|{s}"] for item in items] for s in strategies}
     rows = []
     for strategy, rs in per.items():

@@ -128,6 +128,17 @@ class BatchedModel:
                     self._finish(call)
 
 
+def run_each(items: list, model, work: Callable[[object, object], dict], batch_size: int) -> Iterator[dict]:
+    """`work(model, item)` for every item: batched `batch_size` at a time when `model` is a clmkit model
+    (it has an engine; results in completion order), else one after another (endpoints batch on their
+    side; results in order)."""
+    if batch_size > 1 and hasattr(model, "engine"):
+        yield from run_concurrently(items, BatchedModel(model, batch_size), work)
+    else:
+        for item in items:
+            yield work(model, item)
+
+
 def run_concurrently(items: list, model: BatchedModel, work: Callable[[object, object], dict]) -> Iterator[dict]:
     """`work(model, item)` for every item on `model.batch_size` threads; results in completion order."""
     with model.decoding(), ThreadPoolExecutor(max_workers=model.batch_size, thread_name_prefix="clm-item") as pool:

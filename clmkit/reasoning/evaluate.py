@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from clmkit.errors import InputError
 from clmkit.reasoning.answers import extract, grade
+from clmkit.reasoning.batch import run_each
 from clmkit.reasoning.lm import TextModel
 from clmkit.reasoning.strategies import STRATEGIES
 from clmkit.tasks.base import TaskItem
@@ -102,12 +103,9 @@ def serial(model: TextModel, strategy: str) -> Executor:
 
 def batched(model: TextModel, strategy: str, batch_size: int) -> Executor:
     """Items run on `batch_size` threads whose model calls are decoded as one batch (clmkit models)."""
-    if batch_size <= 1 or not hasattr(model, "engine") or strategy in ("direct-ll", "solver"):
-        # endpoints batch on their side; direct-ll already scores an item in one forward; solver has no LM
+    if strategy in ("direct-ll", "solver"):  # direct-ll scores an item in one forward already; solver has no LM
         return serial(model, strategy)
-    from clmkit.reasoning.batch import BatchedModel, run_concurrently  # imports torch: only when batching
-    wrapped = BatchedModel(model, batch_size)
-    return lambda items: run_concurrently(items, wrapped, lambda m, item: run_item(m, strategy, item))
+    return lambda items: run_each(items, model, lambda m, item: run_item(m, strategy, item), batch_size)
 
 
 def run(items: Iterable[TaskItem], model: TextModel | None, strategy: str, path: Path, *, task: str = "",

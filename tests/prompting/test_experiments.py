@@ -105,6 +105,7 @@ def test_records_survive_a_torn_last_line(tmp_path):
 
 def test_code_pass_at_1_batched_equals_the_serial_run(tiny_llama, tmp_path, monkeypatch):
     import clmkit.prompting.secot as secot
+    import clmkit.reasoning.batch as batch
     import clmkit.tasks.code as code
     from clmkit.prompting.experiments import code_pass_at_1
 
@@ -115,8 +116,8 @@ def test_code_pass_at_1_batched_equals_the_serial_run(tiny_llama, tmp_path, monk
     # the tiny model has a 256-token context: one short worked example, short budgets
     monkeypatch.setattr(secot, "EXAMPLES", [{"requirement": "g", "data_flow": "-", "control_flow": "-", "code": "g"}])
     monkeypatch.setattr(secot, "SEMANTICS_TOKENS", 6)
-    made, original = [], experiments.BatchedModel
-    monkeypatch.setattr(experiments, "BatchedModel", lambda *a: made.append(original(*a)) or made[-1])
+    made, original = [], batch.BatchedModel
+    monkeypatch.setattr(batch, "BatchedModel", lambda *a: made.append(original(*a)) or made[-1])
     model, strategies = loaded_text_model(tiny_llama), ["plain", "cot", "secot"]
     serial = code_pass_at_1(model, "mbpp", strategies, None, tmp_path / "serial", code_tokens=10)
     together = code_pass_at_1(model, "mbpp", strategies, None, tmp_path / "batched", batch_size=4, code_tokens=10)
